@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# HotMem top-level build.  `make demo` and `make check` do everything on a
+# fresh machine; the other targets are the steps they are made of.
+#
+# The kernel's kbuild reads ./Kbuild (not this file) when it builds the
+# out-of-tree module in rust/.
+
+BUILD		:= $(CURDIR)/build
+GUEST		:= $(BUILD)/guest
+KMAKE		:= $(CURDIR)/scripts/kmake.sh
+CARGO		?= cargo
+HOST_TRIPLE	:= x86_64-unknown-linux-gnu
+AGENT		:= $(CURDIR)/target/$(HOST_TRIPLE)/release/hotmem-agent
+HOTMEMCTL	:= $(CURDIR)/target/release/hotmemctl
+MODULES		:= $(CURDIR)/rust/hotmem_virtio_mem.ko
+
+# Forwarded to the host tool, e.g. `make demo ACCEL=kvm`.
+ACCEL		?= tcg
+
+export BUILD
+
+.PHONY: all deps kernel module agent hotmemctl initramfs guest check demo \
+	lint clean distclean help
+
+all: guest hotmemctl
+
+help:
+	@echo "make deps       install the pinned toolchain (idempotent)"
+	@echo "make kernel     unpack linux-source-6.12, apply patches/series, build"
+	@echo "make module     build the out-of-tree Rust module in rust/"
+	@echo "make initramfs  busybox + guest agent + modules + in-guest tests"
+	@echo "make check      unit tests, lints and VM tests (what CI runs)"
+	@echo "make demo       boot a guest and plug/unplug memory, with timings"
+	@echo "ACCEL=kvm       use KVM instead of TCG where KVM works"
+
+deps:
+	@scripts/deps.sh
+
+kernel: deps
+	@scripts/kernel-prepare.sh
+	@scripts/kernel-build.sh
+
+module: kernel
+	@echo "module: building rust/ against $$(cat $(GUEST)/kernel.release)"
+	@$(KMAKE) M=$(CURDIR) modules >$(BUILD)/logs/module-build.log 2>&1 || \
+		{ cat $(BUILD)/logs/module-build.log; exit 1; }
+	@grep -E 'warning|error' $(BUILD)/logs/module-build.log || true
+
+# The guest agent is a fully static binary (glibc, crt-static) so it runs in
+# a bare busybox initramfs.  --target keeps RUSTFLAGS away from build scripts.
+agent:
+	@RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --quiet --release \
+		--target $(HOST_TRIPLE) -p hotmem-agent
+
+hotmemctl:
+	@$(CARGO) build --quiet --release -p hotmemctl
+
+initramfs: module agent
+	@scripts/mkinitramfs.sh $(AGENT) $(MODULES)
+
+guest: initramfs
+
+lint:
+	@$(CARGO) fmt --all --check
+	@$(CARGO) clippy --quiet --workspace --all-targets -- -D warnings
+
+check: deps
+	@scripts/check.sh
+
+demo: deps guest hotmemctl
+	@$(HOTMEMCTL) demo --kernel $(GUEST)/bzImage --initrd $(GUEST)/initramfs.cpio.gz \
+		--accel $(ACCEL) --dir $(BUILD)/demo
+
+clean:
+	-@$(KMAKE) M=$(CURDIR) clean >/dev/null 2>&1
+	rm -rf $(GUEST) $(BUILD)/vmtests $(BUILD)/demo
+
+distclean:
+	rm -rf $(BUILD) target

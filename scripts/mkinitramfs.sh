@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Assemble build/guest/initramfs.cpio.gz: busybox (init + applets), the guest
+# agent, the kernel's modules plus the out-of-tree HotMem modules, and the
+# in-guest tests under /usr/lib/hotmem/tests.
+#
+#   mkinitramfs.sh AGENT_BINARY MODULE.ko...
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD:-$top/build}
+guest=$build/guest
+root=$guest/initramfs-root
+out=$guest/initramfs.cpio.gz
+
+die() { printf 'initramfs: error: %s\n' "$*" >&2; exit 1; }
+
+agent=${1:?usage: mkinitramfs.sh AGENT MODULE.ko...}
+shift
+[ -x "$agent" ] || die "agent binary $agent missing"
+file -L "$agent" | grep -Eq 'statically linked|static-pie linked' || die "$agent is not statically linked"
+busybox=$(command -v busybox || echo /bin/busybox)
+file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not busybox-static"
+rel=$(cat "$guest/kernel.release" 2>/dev/null) || die "no guest kernel (run 'make kernel')"
+[ -d "$guest/modroot/lib/modules/$rel" ] || die "no modules for $rel (run 'make kernel')"
+
+rm -rf "$root"
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/init.d,proc,sys,dev,tmp,run,root,lib}
+install -m 0755 "$busybox" "$root/bin/busybox"
+ln -s bin/busybox "$root/init"
+install -m 0755 "$agent" "$root/bin/hotmem-agent"
+install -m 0644 "$top/scripts/initramfs/inittab" "$root/etc/inittab"
+install -m 0755 "$top/scripts/initramfs/rcS" "$root/etc/init.d/rcS"
+echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+echo "root:x:0:" >"$root/etc/group"
+
+cp -a "$guest/modroot/lib/modules" "$root/lib/"
+mkdir -p "$root/lib/modules/$rel/updates"
+for ko in "$@"; do
+	[ -f "$ko" ] || die "module $ko missing"
+	install -m 0644 "$ko" "$root/lib/modules/$rel/updates/"
+done
+/sbin/depmod -b "$root" "$rel"
+
+if [ -d "$top/tools/testing/guest" ]; then
+	mkdir -p "$root/usr/lib/hotmem/tests"
+	cp -a "$top/tools/testing/guest/." "$root/usr/lib/hotmem/tests/"
+fi
+
+(cd "$root" && find . -print0 | LC_ALL=C sort -z |
+	cpio --null -o -H newc --owner=0:0 --quiet) | gzip -n -6 >"$out.tmp"
+mv "$out.tmp" "$out"
+echo "initramfs: $out ($(du -h "$out" | cut -f1))"
