@@ -1,0 +1,668 @@
+//! The HotMem host <-> guest-agent protocol, version 1.
+//!
+//! # Wire format
+//!
+//! Messages are JSON objects, one per line (`\n`-terminated, UTF-8).
+//! `serde_json` never emits a raw newline inside a compact document, so a
+//! line is always exactly one message. Every message carries `"v": 1`
+//! ([`PROTOCOL_VERSION`]).
+//!
+//! Host -> agent, a [`Request`]:
+//!
+//! ```json
+//! {"v":1,"id":7,"op":"exec","argv":["uname","-r"],"timeout_ms":5000}
+//! ```
+//!
+//! Agent -> host, a [`Response`] to request `id`:
+//!
+//! ```json
+//! {"v":1,"id":7,"ok":true,"result":{"status":0,"...":"..."}}
+//! {"v":1,"id":null,"ok":false,"error":{"kind":"bad_request","message":"..."}}
+//! ```
+//!
+//! or an asynchronous [`Event`] (reserved: the v1 agent sends none), which a
+//! host tells apart from a response by its `"event"` key:
+//!
+//! ```json
+//! {"v":1,"event":"instance_exited","data":{"...":"..."}}
+//! ```
+//!
+//! # Compatibility rules
+//!
+//! * Unknown object keys are ignored by both sides, so optional fields can be
+//!   added to requests and results without a version bump.
+//! * A new operation is a new `op` value; an agent that does not know it
+//!   answers [`ErrorKind::UnsupportedOp`], so a host can probe for it.
+//! * Error kinds unknown to a host decode as [`ErrorKind::Unknown`].
+//! * An incompatible change bumps [`PROTOCOL_VERSION`]; a peer that sees a
+//!   version it does not speak answers [`ErrorKind::UnsupportedVersion`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The protocol version spoken by this crate; carried in every message as `"v"`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default name of the virtio-serial port the agent listens on.
+pub const AGENT_PORT_NAME: &str = "org.hotmem.agent";
+
+/// A host -> agent request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Protocol version, always [`PROTOCOL_VERSION`] when built with [`Request::new`].
+    pub v: u32,
+    /// Request id chosen by the host; echoed in the response.
+    pub id: u64,
+    /// The operation and its arguments (flattened: `"op"` plus the argument keys).
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+impl Request {
+    /// Builds a request with the current protocol version.
+    pub fn new(id: u64, op: Op) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id,
+            op,
+        }
+    }
+}
+
+/// An operation the agent can perform, tagged on `"op"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Liveness and identity check; answered with a [`HelloResult`].
+    Hello,
+    /// Run a program; answered with an [`ExecResult`].
+    Exec(ExecArgs),
+    /// Read a (text) file; answered with a [`ReadFileResult`].
+    ReadFile(ReadFileArgs),
+    /// Write a file (typically sysfs/procfs); answered with [`Empty`].
+    WriteFile(WriteFileArgs),
+    /// Answer [`Empty`], then sync and power the guest off.
+    Poweroff,
+}
+
+impl Op {
+    /// The `"op"` value of every operation defined by this protocol version.
+    pub const NAMES: &'static [&'static str] =
+        &["hello", "exec", "read_file", "write_file", "poweroff"];
+
+    /// The wire name of this operation (its `"op"` value).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::Exec(_) => "exec",
+            Op::ReadFile(_) => "read_file",
+            Op::WriteFile(_) => "write_file",
+            Op::Poweroff => "poweroff",
+        }
+    }
+}
+
+/// Arguments of [`Op::Exec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecArgs {
+    /// Program and arguments; `argv[0]` is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Extra environment variables, added to the agent's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// Kill the program (and its process group) after this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Arguments of [`Op::ReadFile`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFileArgs {
+    /// Absolute path in the guest.
+    pub path: String,
+}
+
+/// Arguments of [`Op::WriteFile`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFileArgs {
+    /// Absolute path in the guest; the file is created if missing and truncated.
+    pub path: String,
+    /// Contents to write, in a single `write(2)` where the kernel allows it.
+    pub data: String,
+}
+
+/// Result of [`Op::Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResult {
+    /// Protocol version the agent speaks.
+    pub version: u32,
+    /// Version of the agent binary.
+    #[serde(default)]
+    pub agent_version: String,
+    /// Guest kernel release, from `uname(2)`.
+    pub kernel_release: String,
+    /// Guest uptime (`CLOCK_BOOTTIME`) in milliseconds.
+    pub uptime_ms: u64,
+}
+
+/// Result of [`Op::Exec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Exit status, if the program exited normally.
+    pub status: Option<i32>,
+    /// Terminating signal, if the program was killed by one.
+    pub signal: Option<i32>,
+    /// Whether the agent killed the program because `timeout_ms` expired.
+    pub timed_out: bool,
+    /// Captured standard output (lossy UTF-8, possibly truncated).
+    pub stdout: String,
+    /// Captured standard error (lossy UTF-8, possibly truncated).
+    pub stderr: String,
+    /// Wall-clock run time in microseconds, from spawn to exit.
+    pub duration_us: u64,
+    /// Whether stdout or stderr hit the agent's capture limit.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+impl ExecResult {
+    /// True if the program exited normally with status 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// A short human description of how the program ended.
+    pub fn describe_exit(&self) -> String {
+        match (self.timed_out, self.status, self.signal) {
+            (true, _, _) => "timed out".to_owned(),
+            (false, Some(code), _) => format!("exit status {code}"),
+            (false, None, Some(sig)) => format!("killed by signal {sig}"),
+            (false, None, None) => "unknown exit".to_owned(),
+        }
+    }
+}
+
+/// Result of [`Op::ReadFile`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFileResult {
+    /// File contents (lossy UTF-8).
+    pub data: String,
+}
+
+/// The empty result `{}` of operations that only succeed or fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// Classification of an error response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was malformed (bad JSON, missing or mistyped fields).
+    BadRequest,
+    /// The request's `"v"` is not a version the agent speaks.
+    UnsupportedVersion,
+    /// The `"op"` is unknown to this agent.
+    UnsupportedOp,
+    /// An I/O error, e.g. a failed `open`/`write` or a failed spawn.
+    Io,
+    /// The operation did not finish in time.
+    Timeout,
+    /// A bug or unexpected state in the agent.
+    Internal,
+    /// An error kind defined by a newer protocol revision.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The `"error"` object of a failed response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ErrorInfo {
+    /// Machine-readable class.
+    pub kind: ErrorKind,
+    /// Human-readable detail, e.g. `"Invalid argument (os error 22)"`.
+    pub message: String,
+}
+
+impl ErrorInfo {
+    /// Builds an error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// An agent -> host response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "WireResponse", into = "WireResponse")]
+pub struct Response {
+    /// Protocol version.
+    pub v: u32,
+    /// Id of the request answered; `None` if the request could not be parsed.
+    pub id: Option<u64>,
+    /// The operation's result object, or the error.
+    pub outcome: Result<Value, ErrorInfo>,
+}
+
+impl Response {
+    /// A successful response carrying `result`.
+    pub fn ok(id: u64, result: Value) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id: Some(id),
+            outcome: Ok(result),
+        }
+    }
+
+    /// A failed response.
+    pub fn error(id: Option<u64>, error: ErrorInfo) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id,
+            outcome: Err(error),
+        }
+    }
+}
+
+/// The on-the-wire shape of [`Response`] (`ok` + `result` | `error`).
+#[derive(Clone, Serialize, Deserialize)]
+struct WireResponse {
+    v: u32,
+    id: Option<u64>,
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorInfo>,
+}
+
+impl TryFrom<WireResponse> for Response {
+    type Error = String;
+
+    fn try_from(w: WireResponse) -> Result<Self, Self::Error> {
+        let outcome = match (w.ok, w.result, w.error) {
+            (true, Some(result), _) => Ok(result),
+            (true, None, _) => return Err("\"ok\":true response without \"result\"".into()),
+            (false, _, Some(error)) => Err(error),
+            (false, _, None) => return Err("\"ok\":false response without \"error\"".into()),
+        };
+        Ok(Self {
+            v: w.v,
+            id: w.id,
+            outcome,
+        })
+    }
+}
+
+impl From<Response> for WireResponse {
+    fn from(r: Response) -> Self {
+        let (ok, result, error) = match r.outcome {
+            Ok(result) => (true, Some(result), None),
+            Err(error) => (false, None, Some(error)),
+        };
+        Self {
+            v: r.v,
+            id: r.id,
+            ok,
+            result,
+            error,
+        }
+    }
+}
+
+/// An asynchronous agent -> host notification (reserved; none defined in v1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Protocol version.
+    pub v: u32,
+    /// Event name, e.g. a future `"instance_exited"`.
+    pub event: String,
+    /// Event payload.
+    #[serde(default)]
+    pub data: Value,
+}
+
+/// Any message an agent may send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentMessage {
+    /// The answer to a request.
+    Response(Response),
+    /// An unsolicited notification.
+    Event(Event),
+}
+
+/// A request the agent could not accept; carries what it needs to answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("request {id:?} rejected: {info}")]
+pub struct RequestError {
+    /// The request id, if it could be recovered from the input.
+    pub id: Option<u64>,
+    /// Why the request was rejected.
+    pub info: ErrorInfo,
+}
+
+impl RequestError {
+    fn new(id: Option<u64>, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            info: ErrorInfo::new(kind, message),
+        }
+    }
+
+    /// The error response to send back for this rejected request.
+    pub fn into_response(self) -> Response {
+        Response::error(self.id, self.info)
+    }
+}
+
+/// Why an agent message could not be decoded by the host.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The line is not valid JSON.
+    #[error("malformed JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The line is JSON but not an object.
+    #[error("message is not a JSON object")]
+    NotAnObject,
+    /// The message's `"v"` is missing or not [`PROTOCOL_VERSION`].
+    #[error("unsupported protocol version {0:?} (expected {PROTOCOL_VERSION})")]
+    UnsupportedVersion(Option<u64>),
+    /// The object does not have the shape of a response or event.
+    #[error("invalid message: {0}")]
+    Invalid(#[source] serde_json::Error),
+}
+
+/// Serializes `msg` as one protocol line, including the trailing `\n`.
+pub fn encode_line<T: Serialize>(msg: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(msg)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Parses one request line (trailing newline optional), as the agent does.
+///
+/// The error says which id to answer, so the agent can always respond:
+/// malformed JSON gets `id: None`; a bad version, unknown op or bad
+/// arguments keep the id when it is readable.
+pub fn decode_request(line: &[u8]) -> Result<Request, RequestError> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        RequestError::new(None, ErrorKind::BadRequest, format!("malformed JSON: {e}"))
+    })?;
+    let obj = value.as_object().ok_or_else(|| {
+        RequestError::new(None, ErrorKind::BadRequest, "request is not a JSON object")
+    })?;
+    let id = obj.get("id").and_then(Value::as_u64);
+    check_request_header(obj, id)?;
+    serde_json::from_value(value)
+        .map_err(|e| RequestError::new(id, ErrorKind::BadRequest, format!("invalid request: {e}")))
+}
+
+/// Checks `"v"` and `"op"` before the full parse, to give precise error kinds.
+fn check_request_header(obj: &Map<String, Value>, id: Option<u64>) -> Result<(), RequestError> {
+    match obj.get("v") {
+        None => {
+            return Err(RequestError::new(
+                id,
+                ErrorKind::BadRequest,
+                "missing \"v\"",
+            ))
+        }
+        Some(v) if v.as_u64() != Some(u64::from(PROTOCOL_VERSION)) => {
+            return Err(RequestError::new(
+                id,
+                ErrorKind::UnsupportedVersion,
+                format!("protocol version {v} is not supported (agent speaks {PROTOCOL_VERSION})"),
+            ))
+        }
+        Some(_) => {}
+    }
+    match obj.get("op").map(|op| (op, op.as_str())) {
+        None => Err(RequestError::new(
+            id,
+            ErrorKind::BadRequest,
+            "missing \"op\"",
+        )),
+        Some((_, Some(name))) if Op::NAMES.contains(&name) => Ok(()),
+        Some((op, _)) => Err(RequestError::new(
+            id,
+            ErrorKind::UnsupportedOp,
+            format!("unsupported op {op}"),
+        )),
+    }
+}
+
+/// Parses one line received from the agent, as the host does.
+pub fn decode_agent_message(line: &[u8]) -> Result<AgentMessage, DecodeError> {
+    let value: Value = serde_json::from_slice(line).map_err(DecodeError::Json)?;
+    let obj = value.as_object().ok_or(DecodeError::NotAnObject)?;
+    let v = obj.get("v").and_then(Value::as_u64);
+    if v != Some(u64::from(PROTOCOL_VERSION)) {
+        return Err(DecodeError::UnsupportedVersion(v));
+    }
+    if obj.contains_key("event") {
+        serde_json::from_value(value)
+            .map(AgentMessage::Event)
+            .map_err(DecodeError::Invalid)
+    } else {
+        serde_json::from_value(value)
+            .map(AgentMessage::Response)
+            .map_err(DecodeError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn roundtrip_request(req: &Request) {
+        let line = encode_line(req).unwrap();
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(&decode_request(&line).unwrap(), req);
+    }
+
+    fn all_ops() -> Vec<Op> {
+        vec![
+            Op::Hello,
+            Op::Exec(ExecArgs {
+                argv: vec!["sh".into(), "-c".into(), "echo 'a\nb'".into()],
+                env: vec![("K".into(), "V=1".into())],
+                timeout_ms: Some(1500),
+            }),
+            Op::ReadFile(ReadFileArgs {
+                path: "/proc/meminfo".into(),
+            }),
+            Op::WriteFile(WriteFileArgs {
+                path: "/sys/x".into(),
+                data: "online_movable\n".into(),
+            }),
+            Op::Poweroff,
+        ]
+    }
+
+    #[test]
+    fn requests_roundtrip() {
+        for (i, op) in all_ops().into_iter().enumerate() {
+            roundtrip_request(&Request::new(i as u64 + 40, op));
+        }
+    }
+
+    #[test]
+    fn op_names_match_serialized_tags() {
+        let ops = all_ops();
+        assert_eq!(ops.len(), Op::NAMES.len());
+        for op in ops {
+            let v = serde_json::to_value(Request::new(1, op.clone())).unwrap();
+            assert_eq!(v["op"], op.name());
+            assert!(Op::NAMES.contains(&op.name()));
+        }
+    }
+
+    #[test]
+    fn request_wire_format() {
+        let req = Request::new(7, Op::Hello);
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"v": 1, "id": 7, "op": "hello"})
+        );
+        let exec = decode_request(br#"{"v":1,"id":3,"op":"exec","argv":["true"]}"#).unwrap();
+        assert_eq!(
+            exec.op,
+            Op::Exec(ExecArgs {
+                argv: vec!["true".into()],
+                env: vec![],
+                timeout_ms: None,
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let req = decode_request(br#"{"v":1,"id":3,"op":"hello","future":{"x":1}}"#).unwrap();
+        assert_eq!(req, Request::new(3, Op::Hello));
+    }
+
+    #[test]
+    fn malformed_json_has_no_id() {
+        for bad in [&b"{\"v\":1,\"id\":"[..], b"", b"not json", b"\xff\xfe"] {
+            let err = decode_request(bad).unwrap_err();
+            assert_eq!(err.id, None);
+            assert_eq!(err.info.kind, ErrorKind::BadRequest);
+        }
+        let err = decode_request(b"[1,2]").unwrap_err();
+        assert_eq!((err.id, err.info.kind), (None, ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn wrong_version_keeps_id() {
+        let err = decode_request(br#"{"v":2,"id":9,"op":"hello"}"#).unwrap_err();
+        assert_eq!(err.id, Some(9));
+        assert_eq!(err.info.kind, ErrorKind::UnsupportedVersion);
+        let err = decode_request(br#"{"v":"1","id":9,"op":"hello"}"#).unwrap_err();
+        assert_eq!(err.info.kind, ErrorKind::UnsupportedVersion);
+        let err = decode_request(br#"{"id":9,"op":"hello"}"#).unwrap_err();
+        assert_eq!((err.id, err.info.kind), (Some(9), ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn unknown_op_is_unsupported() {
+        let err = decode_request(br#"{"v":1,"id":5,"op":"start_instance"}"#).unwrap_err();
+        assert_eq!(err.id, Some(5));
+        assert_eq!(err.info.kind, ErrorKind::UnsupportedOp);
+        assert!(err.info.message.contains("start_instance"));
+        let err = decode_request(br#"{"v":1,"id":5,"op":42}"#).unwrap_err();
+        assert_eq!(err.info.kind, ErrorKind::UnsupportedOp);
+        let err = decode_request(br#"{"v":1,"id":5}"#).unwrap_err();
+        assert_eq!(err.info.kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn bad_arguments_keep_id() {
+        let err = decode_request(br#"{"v":1,"id":6,"op":"exec","argv":"ls"}"#).unwrap_err();
+        assert_eq!((err.id, err.info.kind), (Some(6), ErrorKind::BadRequest));
+        let err = decode_request(br#"{"v":1,"op":"hello"}"#).unwrap_err();
+        assert_eq!((err.id, err.info.kind), (None, ErrorKind::BadRequest));
+        let resp = err.into_response();
+        assert_eq!(
+            serde_json::to_value(&resp).unwrap()["id"],
+            Value::Null,
+            "unparsable id must be sent as null"
+        );
+    }
+
+    #[test]
+    fn response_wire_format() {
+        let ok = Response::ok(7, serde_json::to_value(Empty {}).unwrap());
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            json!({"v": 1, "id": 7, "ok": true, "result": {}})
+        );
+        let err = Response::error(None, ErrorInfo::new(ErrorKind::Io, "boom"));
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            json!({"v": 1, "id": null, "ok": false,
+                   "error": {"kind": "io", "message": "boom"}})
+        );
+    }
+
+    #[test]
+    fn responses_roundtrip() {
+        let exec = ExecResult {
+            status: Some(3),
+            stdout: "x\n".into(),
+            duration_us: 12,
+            ..ExecResult::default()
+        };
+        let responses = [
+            Response::ok(1, serde_json::to_value(&exec).unwrap()),
+            Response::error(Some(2), ErrorInfo::new(ErrorKind::Timeout, "slow")),
+            Response::error(None, ErrorInfo::new(ErrorKind::BadRequest, "?")),
+        ];
+        for resp in responses {
+            let line = encode_line(&resp).unwrap();
+            match decode_agent_message(&line).unwrap() {
+                AgentMessage::Response(r) => assert_eq!(r, resp),
+                other => panic!("expected a response, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_responses_are_rejected() {
+        for bad in [
+            &br#"{"v":1,"id":1,"ok":true}"#[..],
+            br#"{"v":1,"id":1,"ok":false,"result":{}}"#,
+            br#"{"v":1,"id":1}"#,
+        ] {
+            assert!(matches!(
+                decode_agent_message(bad),
+                Err(DecodeError::Invalid(_))
+            ));
+        }
+        assert!(matches!(
+            decode_agent_message(br#"{"v":2,"id":1,"ok":true,"result":{}}"#),
+            Err(DecodeError::UnsupportedVersion(Some(2)))
+        ));
+        assert!(matches!(
+            decode_agent_message(b"{"),
+            Err(DecodeError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_error_kind_decodes_as_unknown() {
+        let line = br#"{"v":1,"id":1,"ok":false,"error":{"kind":"quota","message":"m"}}"#;
+        let Ok(AgentMessage::Response(r)) = decode_agent_message(line) else {
+            panic!("not a response");
+        };
+        assert_eq!(r.outcome.unwrap_err().kind, ErrorKind::Unknown);
+    }
+
+    #[test]
+    fn events_are_distinguished_from_responses() {
+        let line = br#"{"v":1,"event":"instance_exited","data":{"instance":3}}"#;
+        let Ok(AgentMessage::Event(ev)) = decode_agent_message(line) else {
+            panic!("not an event");
+        };
+        assert_eq!(ev.event, "instance_exited");
+        assert_eq!(ev.data, json!({"instance": 3}));
+    }
+
+    #[test]
+    fn exec_result_helpers() {
+        let mut r = ExecResult {
+            status: Some(0),
+            ..ExecResult::default()
+        };
+        assert!(r.success());
+        r.status = None;
+        r.signal = Some(9);
+        assert_eq!(r.describe_exit(), "killed by signal 9");
+        r.timed_out = true;
+        assert!(!r.success());
+        assert_eq!(r.describe_exit(), "timed out");
+    }
+}

@@ -1,0 +1,109 @@
+//! Support code for the HotMem VM tests (`tests/`), which boot real guests.
+//!
+//! The tests are `#[ignore]`d so that a plain `cargo test` skips them;
+//! `make check` runs them with `--include-ignored`, after building the guest.
+//! They are configured through the environment:
+//!
+//! | variable         | meaning                                              |
+//! |------------------|------------------------------------------------------|
+//! | `HOTMEM_KERNEL`  | guest bzImage (required)                             |
+//! | `HOTMEM_INITRD`  | guest initramfs (required)                           |
+//! | `HOTMEM_ACCEL`   | `tcg` (default) or `kvm`                             |
+//! | `HOTMEM_RUN_DIR` | base of the per-test run dirs (default `build/vmtests`) |
+//!
+//! Relative paths are taken relative to the workspace root, since cargo
+//! runs test binaries in the package directory.
+//!
+//! Everything here panics on failure: these are test helpers, and the panic
+//! message (with the guest console tail) is the test report.
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+use hotmemctl::{Accel, Vm, VmConfig, VmError};
+
+/// Root of the Cargo workspace (three levels above this package).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(3)
+        .map_or_else(|| manifest.to_owned(), Path::to_owned)
+}
+
+/// Resolves a path from the environment against the workspace root.
+fn resolve(path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        workspace_root().join(path)
+    }
+}
+
+/// An artifact path from `var`, which must be set and exist.
+///
+/// # Panics
+/// If `var` is unset or names a missing file.
+fn required_artifact(var: &str) -> PathBuf {
+    let Ok(value) = env::var(var) else {
+        panic!(
+            "{var} is not set: the VM tests need HOTMEM_KERNEL and HOTMEM_INITRD \
+             (run them via `make check`, or e.g. HOTMEM_KERNEL=build/guest/bzImage \
+             HOTMEM_INITRD=build/guest/initramfs.cpio.gz cargo test -p hotmem-vmtests \
+             -- --include-ignored --test-threads=1)"
+        );
+    };
+    let path = resolve(&value);
+    assert!(
+        path.is_file(),
+        "{var}={value}: {} does not exist",
+        path.display()
+    );
+    path
+}
+
+/// The guest configuration for test `name`, with its own run dir.
+///
+/// # Panics
+/// If the environment is incomplete or invalid.
+pub fn config(name: &str) -> VmConfig {
+    let kernel = required_artifact("HOTMEM_KERNEL");
+    let initrd = required_artifact("HOTMEM_INITRD");
+    let accel = match env::var("HOTMEM_ACCEL") {
+        Ok(s) => s
+            .parse::<Accel>()
+            .unwrap_or_else(|e| panic!("HOTMEM_ACCEL: {e}")),
+        Err(_) => Accel::Tcg,
+    };
+    let base = env::var("HOTMEM_RUN_DIR")
+        .map_or_else(|_| workspace_root().join("build/vmtests"), |d| resolve(&d));
+    let mut cfg = VmConfig::new(kernel, initrd, base.join(name));
+    cfg.accel = accel;
+    cfg
+}
+
+/// Boots the guest for test `name`.
+///
+/// # Panics
+/// If the guest does not boot; the message includes the console tail.
+pub fn boot(name: &str) -> Vm {
+    Vm::boot(&config(name)).or_panic("booting the guest")
+}
+
+/// Unwrapping with a useful message for [`VmError`] results.
+pub trait OrPanic<T> {
+    /// The value, or a panic saying what failed, with the error's
+    /// diagnostics (console tail, QEMU log).
+    fn or_panic(self, what: &str) -> T;
+}
+
+impl<T> OrPanic<T> for Result<T, VmError> {
+    #[track_caller]
+    fn or_panic(self, what: &str) -> T {
+        match self {
+            Ok(value) => value,
+            Err(e) => panic!("{what} failed: {e}"),
+        }
+    }
+}
