@@ -11,7 +11,7 @@ GUEST		:= $(BUILD)/guest
 KMAKE		:= $(CURDIR)/scripts/kmake.sh
 CARGO		?= cargo
 HOST_TRIPLE	:= x86_64-unknown-linux-gnu
-AGENT		:= $(CURDIR)/target/$(HOST_TRIPLE)/release/hotmem-agent
+GUEST_BINDIR	:= $(CURDIR)/target/$(HOST_TRIPLE)/release
 HOTMEMCTL	:= $(CURDIR)/target/release/hotmemctl
 MODULES		:= $(CURDIR)/rust/hotmem_virtio_mem.ko
 
@@ -20,7 +20,7 @@ ACCEL		?= tcg
 
 export BUILD
 
-.PHONY: all deps kernel module agent hotmemctl initramfs guest check demo \
+.PHONY: all deps kernel module guest-programs hotmemctl initramfs guest check demo \
 	lint clean distclean help
 
 all: guest hotmemctl
@@ -47,17 +47,18 @@ module: kernel
 		{ cat $(BUILD)/logs/module-build.log; exit 1; }
 	@grep -E 'warning|error' $(BUILD)/logs/module-build.log || true
 
-# The guest agent is a fully static binary (glibc, crt-static) so it runs in
-# a bare busybox initramfs.  --target keeps RUSTFLAGS away from build scripts.
-agent:
+# The guest programs are fully static binaries (glibc, crt-static) so they
+# run in a bare busybox initramfs.  --target keeps RUSTFLAGS away from build
+# scripts.
+guest-programs:
 	@RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --quiet --release \
-		--target $(HOST_TRIPLE) -p hotmem-agent
+		--target $(HOST_TRIPLE) -p hotmem-agent -p hotmem-run -p hotmem-memhog
 
 hotmemctl:
 	@$(CARGO) build --quiet --release -p hotmemctl
 
-initramfs: module agent
-	@scripts/mkinitramfs.sh $(AGENT) $(MODULES)
+initramfs: module guest-programs
+	@scripts/mkinitramfs.sh $(GUEST_BINDIR) $(MODULES)
 
 guest: initramfs
 

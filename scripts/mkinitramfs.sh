@@ -2,10 +2,11 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Assemble build/guest/initramfs.cpio.gz: busybox (init + applets), the guest
-# agent, the kernel's modules plus the out-of-tree HotMem modules, and the
-# in-guest tests under /usr/lib/hotmem/tests.
+# programs (agent, hotmem-run, workloads), the kernel's modules plus the
+# out-of-tree HotMem modules, and the in-guest tests under
+# /usr/lib/hotmem/tests.
 #
-#   mkinitramfs.sh AGENT_BINARY MODULE.ko...
+#   mkinitramfs.sh BINDIR MODULE.ko...
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,10 +17,14 @@ out=$guest/initramfs.cpio.gz
 
 die() { printf 'initramfs: error: %s\n' "$*" >&2; exit 1; }
 
-agent=${1:?usage: mkinitramfs.sh AGENT MODULE.ko...}
+bindir=${1:?usage: mkinitramfs.sh BINDIR MODULE.ko...}
 shift
-[ -x "$agent" ] || die "agent binary $agent missing"
-file -L "$agent" | grep -Eq 'statically linked|static-pie linked' || die "$agent is not statically linked"
+GUEST_PROGRAMS="hotmem-agent hotmem-run hotmem-memhog"
+for prog in $GUEST_PROGRAMS; do
+	[ -x "$bindir/$prog" ] || die "guest program $bindir/$prog missing"
+	file -L "$bindir/$prog" | grep -Eq 'statically linked|static-pie linked' ||
+		die "$bindir/$prog is not statically linked"
+done
 busybox=$(command -v busybox || echo /bin/busybox)
 file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not busybox-static"
 rel=$(cat "$guest/kernel.release" 2>/dev/null) || die "no guest kernel (run 'make kernel')"
@@ -29,7 +34,9 @@ rm -rf "$root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/init.d,proc,sys,dev,tmp,run,root,lib}
 install -m 0755 "$busybox" "$root/bin/busybox"
 ln -s bin/busybox "$root/init"
-install -m 0755 "$agent" "$root/bin/hotmem-agent"
+for prog in $GUEST_PROGRAMS; do
+	install -m 0755 "$bindir/$prog" "$root/bin/$prog"
+done
 install -m 0644 "$top/scripts/initramfs/inittab" "$root/etc/inittab"
 install -m 0755 "$top/scripts/initramfs/rcS" "$root/etc/init.d/rcS"
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"

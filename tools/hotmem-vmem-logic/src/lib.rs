@@ -1,0 +1,32 @@
+//! Host build of the HotMem virtio-mem driver's kernel-independent logic.
+//!
+//! The sources live in `rust/logic/` and are shared, file by file, with the
+//! out-of-tree kernel module, which includes them with `#[path]` exactly as
+//! this crate does: as sibling modules named `wire`, `partition` and
+//! `retry` (the latter two refer to `super::wire`). Declare them `pub mod`
+//! there too, so that items the module does not use yet are not reported as
+//! dead code and `unreachable_pub` stays quiet.
+//!
+//! The files use only `core`: no allocation, no floating point, no `unsafe`,
+//! and no operation that can panic (each file denies the Clippy lints for
+//! indexing, unchecked arithmetic, `unwrap` and friends). This crate is
+//! `no_std` whenever it is not built as its own unit-test harness, so every
+//! `cargo build` and every integration test proves the `no_std` part;
+//! `tests/kernel_rustc.rs` also compiles the files with the kernel's rustc
+//! and lint flags.
+//!
+//! - [`wire`]: virtio-mem requests, responses, configuration space, feature
+//!   bits, and configuration validation into a partition [`wire::Geometry`].
+//! - [`partition`]: the per-partition state machine and the planner.
+//! - [`retry`]: BUSY backoff and the action for each response.
+
+#![cfg_attr(not(test), no_std)]
+
+#[path = "../../../rust/logic/wire.rs"]
+pub mod wire;
+
+#[path = "../../../rust/logic/partition.rs"]
+pub mod partition;
+
+#[path = "../../../rust/logic/retry.rs"]
+pub mod retry;
