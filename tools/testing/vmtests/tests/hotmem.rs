@@ -1,0 +1,171 @@
+//! HotMem zone and partition tests on a real guest (kernel series in
+//! `patches/`), using the generic sysfs online path and the C virtio-mem
+//! driver in big-block mode to plug and unplug.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use hotmem_vmtests::{config, OrPanic};
+use hotmemctl::{Vm, VmConfig};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// The device block size: one Linux memory block, so virtio-mem uses big
+/// block mode and adds whole blocks that stay offline until we online them.
+const BLOCK: u64 = 128 * MIB;
+const PARTITION: u64 = 256 * MIB;
+const PLUG_TIMEOUT: Duration = Duration::from_secs(120);
+const GUEST_TESTS: &str = "/usr/lib/hotmem/tests";
+
+fn hotmem_config(name: &str, on: bool) -> VmConfig {
+    let mut cfg = config(name);
+    cfg.vmem_block_size = BLOCK;
+    cfg.append = if on {
+        format!("hotmem=on hotmem_partition_size={}M", PARTITION / MIB)
+    } else {
+        "hotmem=off".to_owned()
+    };
+    cfg
+}
+
+fn vmstat(vm: &mut Vm, key: &str) -> u64 {
+    let text = vm
+        .read_file("/proc/vmstat")
+        .or_panic("reading /proc/vmstat");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing from /proc/vmstat"))
+}
+
+fn meminfo(vm: &mut Vm, key: &str) -> u64 {
+    *vm.meminfo()
+        .or_panic("reading /proc/meminfo")
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing from /proc/meminfo"))
+}
+
+fn plug(vm: &mut Vm, bytes: u64) {
+    vm.set_requested_size(bytes)
+        .or_panic("setting requested-size");
+    vm.wait_plugged(bytes, PLUG_TIMEOUT)
+        .or_panic("waiting for the plugged size");
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), bytes);
+}
+
+/// Runs an in-guest TAP test; fails with its output unless every test passed.
+fn guest_tap(vm: &mut Vm, script: &str, args: &[&str]) -> String {
+    let path = format!("{GUEST_TESTS}/{script}");
+    let mut argv = vec![path.as_str()];
+    argv.extend_from_slice(args);
+    let out = vm.exec(&argv).or_panic(script);
+    let report = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        out.success() && !report.contains("not ok") && report.contains("\nok "),
+        "{script} failed:\n{report}\nconsole:\n{}",
+        vm.console_tail(40)
+    );
+    report
+}
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_sysfs_online_and_fast_offline() {
+    let mut vm = Vm::boot(&hotmem_config("hotmem_sysfs_online_and_fast_offline", true))
+        .or_panic("booting a hotmem=on guest");
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+
+    plug(&mut vm, GIB);
+    let parts = (GIB / PARTITION).to_string();
+    guest_tap(&mut vm, "hotmem_online.sh", &[&parts]);
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), GIB / 1024);
+
+    // Unplug everything: virtio-mem offlines and removes each block, and
+    // every one of them must take the HotMem fast path.
+    let fast_before = vmstat(&mut vm, "hotmem_offline_fast");
+    let migrated_before = vmstat(&mut vm, "pgmigrate_success");
+    plug(&mut vm, 0);
+    let fast = vmstat(&mut vm, "hotmem_offline_fast") - fast_before;
+    assert_eq!(fast, GIB / BLOCK, "blocks offlined on the fast path");
+    assert_eq!(
+        vmstat(&mut vm, "pgmigrate_success"),
+        migrated_before,
+        "the fast path migrated pages"
+    );
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    assert_eq!(meminfo(&mut vm, "HotMemFree"), 0);
+    let nr = vm
+        .read_file("/sys/kernel/mm/hotmem/nr_partitions")
+        .or_panic("nr_partitions");
+    assert_eq!(nr.trim(), "0");
+    vm.shutdown().or_panic("shutdown");
+}
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_off_refuses_online_hotmem() {
+    let mut vm = Vm::boot(&hotmem_config("hotmem_off_refuses_online_hotmem", false))
+        .or_panic("booting a hotmem=off guest");
+    let enabled = vm
+        .read_file("/sys/kernel/mm/hotmem/enabled")
+        .or_panic("reading hotmem/enabled");
+    assert_eq!(enabled.trim(), "0");
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(&mut vm, BLOCK);
+
+    let out = vm
+        .exec_ok(&[
+            "sh",
+            "-c",
+            // virtio-mem adds the memory shortly after the device acks.
+            "for i in $(seq 100); do \
+             grep -l offline /sys/devices/system/memory/memory*/state && exit 0; \
+             sleep 0.1; done; exit 1",
+        ])
+        .or_panic("finding the plugged block");
+    let state = out
+        .stdout
+        .lines()
+        .next()
+        .expect("an offline block")
+        .to_owned();
+    let err = vm.write_file(&state, "online_hotmem").unwrap_err();
+    assert!(
+        err.to_string().contains("Operation not permitted"),
+        "online_hotmem with hotmem=off: {err}"
+    );
+    assert_eq!(vm.read_file(&state).or_panic("state").trim(), "offline");
+    // Refusing changed nothing: the block still onlines the ordinary way.
+    vm.write_file(&state, "online_movable")
+        .or_panic("online_movable after a refused online_hotmem");
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    plug(&mut vm, 0);
+    vm.shutdown().or_panic("shutdown");
+}
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_bind_route_oom_and_lifetime() {
+    let mut vm = Vm::boot(&hotmem_config("hotmem_bind_route_oom_and_lifetime", true))
+        .or_panic("booting a hotmem=on guest");
+    vm.set_command_timeout(Duration::from_secs(300));
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(&mut vm, 2 * PARTITION);
+    guest_tap(&mut vm, "hotmem_online.sh", &["2"]);
+    let report = guest_tap(&mut vm, "hotmem_bind.sh", &[]);
+    eprintln!("{report}");
+
+    // Every instance has exited: the partitions unplug on the fast path.
+    let fast_before = vmstat(&mut vm, "hotmem_offline_fast");
+    plug(&mut vm, 0);
+    assert_eq!(
+        vmstat(&mut vm, "hotmem_offline_fast") - fast_before,
+        2 * PARTITION / BLOCK
+    );
+    vm.shutdown().or_panic("shutdown");
+}
