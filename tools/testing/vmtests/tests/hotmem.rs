@@ -69,6 +69,29 @@ fn guest_tap(vm: &mut Vm, script: &str, args: &[&str]) -> String {
     report
 }
 
+/// The built-in KUnit suite `suite` ran at boot and every case passed.
+fn assert_kunit_passed(vm: &mut Vm, suite: &str) {
+    let log = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    let result = log
+        .lines()
+        .filter_map(|l| l.split_once("] ").map(|(_, msg)| msg.trim()))
+        .find(|msg| msg.ends_with(&format!(" {suite}")) && msg.contains("ok "));
+    let cases: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ok ") && l.contains(&format!("{suite}_test_")))
+        .collect();
+    assert!(
+        matches!(result, Some(r) if r.starts_with("ok ")),
+        "KUnit suite {suite}: {result:?}\n{}",
+        cases.join("\n")
+    );
+    assert!(
+        !cases.is_empty() && cases.iter().all(|c| !c.contains("not ok")),
+        "KUnit cases of {suite}:\n{}",
+        cases.join("\n")
+    );
+}
+
 #[test]
 #[ignore = "boots a QEMU guest; run via make check"]
 fn hotmem_sysfs_online_and_fast_offline() {
@@ -113,6 +136,7 @@ fn hotmem_off_refuses_online_hotmem() {
         .read_file("/sys/kernel/mm/hotmem/enabled")
         .or_panic("reading hotmem/enabled");
     assert_eq!(enabled.trim(), "0");
+    assert_kunit_passed(&mut vm, "hotmem");
     vm.exec_ok(&["modprobe", "virtio_mem"])
         .or_panic("modprobe virtio_mem");
     plug(&mut vm, BLOCK);
