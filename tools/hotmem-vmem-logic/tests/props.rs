@@ -14,24 +14,7 @@ fn any_state() -> impl Strategy<Value = PartState> {
 
 fn any_event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        prop::sample::select(vec![
-            Event::StartPlug,
-            Event::PlugAcked,
-            Event::PlugNacked,
-            Event::PlugBusy,
-            Event::PlugError,
-            Event::Onlined,
-            Event::OnlineFailed,
-            Event::KernelBound,
-            Event::KernelReleased,
-            Event::StartUnplug,
-            Event::Offlined,
-            Event::OfflineBusy,
-            Event::UnplugAcked,
-            Event::UnplugNacked,
-            Event::UnplugBusy,
-            Event::UnplugError,
-        ]),
+        prop::sample::select(PLAIN_EVENTS.to_vec()),
         prop::sample::select(BlockState::ALL.to_vec()).prop_map(Event::StateQueried),
     ]
 }

@@ -1,6 +1,9 @@
 //! The partition state machine: every (state, event) pair, checked against
 //! a table written out independently of `transition`.
 
+mod common;
+
+use common::PLAIN_EVENTS;
 use hotmem_vmem_logic::partition::{
     transition, DeviceView, Event, InvalidTransition, PartState as S,
 };
@@ -8,24 +11,7 @@ use hotmem_vmem_logic::wire::{BlockState, ResponseType};
 
 /// Every event.
 fn all_events() -> Vec<Event> {
-    let mut events = vec![
-        Event::StartPlug,
-        Event::PlugAcked,
-        Event::PlugNacked,
-        Event::PlugBusy,
-        Event::PlugError,
-        Event::Onlined,
-        Event::OnlineFailed,
-        Event::KernelBound,
-        Event::KernelReleased,
-        Event::StartUnplug,
-        Event::Offlined,
-        Event::OfflineBusy,
-        Event::UnplugAcked,
-        Event::UnplugNacked,
-        Event::UnplugBusy,
-        Event::UnplugError,
-    ];
+    let mut events = PLAIN_EVENTS.to_vec();
     events.extend(BlockState::ALL.map(Event::StateQueried));
     events
 }

@@ -7,6 +7,26 @@
 use hotmem_vmem_logic::partition::{Device, Event, PartState, Step};
 use hotmem_vmem_logic::wire::{BlockState, Config, Geometry, ResponseType};
 
+/// Every event that carries no device answer.
+pub const PLAIN_EVENTS: [Event; 16] = [
+    Event::StartPlug,
+    Event::PlugAcked,
+    Event::PlugNacked,
+    Event::PlugBusy,
+    Event::PlugError,
+    Event::Onlined,
+    Event::OnlineFailed,
+    Event::KernelBound,
+    Event::KernelReleased,
+    Event::StartUnplug,
+    Event::Offlined,
+    Event::OfflineBusy,
+    Event::UnplugAcked,
+    Event::UnplugNacked,
+    Event::UnplugBusy,
+    Event::UnplugError,
+];
+
 pub const MIB: u64 = 1 << 20;
 pub const MEMORY_BLOCK: u64 = 128 * MIB;
 pub const PARTITION: u64 = 256 * MIB;
