@@ -52,7 +52,8 @@ module: kernel
 # scripts.
 guest-programs:
 	@RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --quiet --release \
-		--target $(HOST_TRIPLE) -p hotmem-agent -p hotmem-run -p hotmem-memhog
+		--target $(HOST_TRIPLE) -p hotmem-agent -p hotmem-run -p hotmem-memhog \
+		-p hotmem-filework
 
 hotmemctl:
 	@$(CARGO) build --quiet --release -p hotmemctl

@@ -12,6 +12,8 @@ use nix::time::{clock_gettime, ClockId};
 use serde::Serialize;
 
 use crate::exec;
+use crate::instances::{InstanceConfig, Instances};
+use crate::sysfs::SysfsPaths;
 
 /// Default cap on each captured output stream of `exec`.
 pub const DEFAULT_OUTPUT_CAP: usize = 4 << 20;
@@ -25,22 +27,33 @@ pub enum After {
     PowerOff,
 }
 
-/// Stateless request handler.
+/// Request handler; its only state is the instance table.
 #[derive(Debug, Clone)]
 pub struct Handler {
     /// Cap on each captured output stream of `exec`, in bytes.
     pub output_cap: usize,
+    /// The function instances started through this agent.
+    pub instances: Instances,
+    /// HotMem and memory-block sysfs.
+    pub sysfs: SysfsPaths,
 }
 
 impl Default for Handler {
     fn default() -> Self {
-        Self {
-            output_cap: DEFAULT_OUTPUT_CAP,
-        }
+        Self::new(InstanceConfig::default())
     }
 }
 
 impl Handler {
+    /// A handler whose instances use `cfg`.
+    pub fn new(cfg: InstanceConfig) -> Self {
+        Self {
+            output_cap: DEFAULT_OUTPUT_CAP,
+            sysfs: cfg.sysfs.clone(),
+            instances: Instances::new(cfg),
+        }
+    }
+
     /// Handles one raw request line; malformed input yields an error response.
     pub fn handle_line(&self, line: &[u8]) -> (Response, After) {
         match decode_request(line) {
@@ -61,6 +74,13 @@ impl Handler {
                 after = After::PowerOff;
                 to_result(Ok(Empty {}))
             }
+            Op::StartInstance(args) => to_result(self.instances.start(&args)),
+            Op::StopInstance(args) => to_result(self.instances.stop(&args)),
+            Op::ListInstances => to_result(Ok(self.instances.list())),
+            Op::Events(args) => to_result(Ok(self.instances.events(&args))),
+            Op::Partitions => to_result(self.sysfs.partitions()),
+            Op::OnlineHotmemBlocks => to_result(self.sysfs.online_hotmem_blocks()),
+            Op::WaitFreePartitions(args) => to_result(self.sysfs.wait_free_partitions(&args)),
         };
         let response = match outcome {
             Ok(value) => Response::ok(request.id, value),

@@ -24,8 +24,10 @@ macro_rules! log {
 
 mod exec;
 mod handler;
+mod instances;
 mod port;
 mod serve;
+mod sysfs;
 
 use handler::Handler;
 use serve::Ended;

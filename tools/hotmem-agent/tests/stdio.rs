@@ -71,9 +71,26 @@ fn serves_requests_over_stdio() {
     assert_eq!(bad.id, None);
     assert_eq!(bad.outcome.unwrap_err().kind, ErrorKind::BadRequest);
 
-    let unknown = agent.send_raw(b"{\"v\":1,\"id\":4,\"op\":\"list_instances\"}\n");
+    let unknown = agent.send_raw(b"{\"v\":1,\"id\":4,\"op\":\"migrate_instance\"}\n");
     assert_eq!(unknown.id, Some(4));
     assert_eq!(unknown.outcome.unwrap_err().kind, ErrorKind::UnsupportedOp);
+
+    // Instance operations: bad arguments and unknown instances are answered
+    // with errors, and the agent keeps serving.
+    let bad = agent.send_raw(b"{\"v\":1,\"id\":6,\"op\":\"start_instance\",\"argv\":7}\n");
+    assert_eq!(bad.id, Some(6));
+    assert_eq!(bad.outcome.unwrap_err().kind, ErrorKind::BadRequest);
+    let empty = agent.send_raw(b"{\"v\":1,\"id\":7,\"op\":\"start_instance\",\"argv\":[]}\n");
+    assert_eq!(empty.outcome.unwrap_err().kind, ErrorKind::BadRequest);
+    let missing = agent.send_raw(b"{\"v\":1,\"id\":8,\"op\":\"stop_instance\",\"instance\":99}\n");
+    assert_eq!(missing.outcome.unwrap_err().kind, ErrorKind::NoSuchInstance);
+    let list = agent.send_raw(b"{\"v\":1,\"id\":9,\"op\":\"list_instances\"}\n");
+    assert_eq!(list.outcome.unwrap(), serde_json::json!({"instances": []}));
+    let events = agent.send_raw(b"{\"v\":1,\"id\":10,\"op\":\"events\",\"wait_ms\":10}\n");
+    assert_eq!(
+        events.outcome.unwrap(),
+        serde_json::json!({"events": [], "dropped": 0})
+    );
 
     // In --stdio mode a poweroff is acknowledged and the agent just exits.
     assert!(agent.call(5, Op::Poweroff).outcome.is_ok());

@@ -8,6 +8,12 @@
 //! over everything so that a later instance would see it if pages were
 //! handed out unzeroed. `--fork` repeats the touch in a child (COW copies).
 //! Prints one `key=value` summary line.
+//!
+//! `--request-interval-ms MS` turns the hold into a request loop, like a
+//! function serving requests: every MS ms it reads and writes
+//! `--request-bytes` of its memory and prints
+//! `req uptime_ms=T latency_us=L` (T is CLOCK_BOOTTIME at the start of the
+//! request), so a host can see how a co-located scale-down affects it.
 
 use std::process::ExitCode;
 use std::ptr::NonNull;
@@ -39,6 +45,12 @@ struct Args {
     /// Keep the memory this long before exiting.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     hold_ms: u64,
+    /// While holding, serve a "request" every MS ms (0: just sleep).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    request_interval_ms: u64,
+    /// Memory each request reads and writes.
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
+    request_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,8 +197,63 @@ fn run(args: &Args) -> Result<Duration, Error> {
         fork_and_touch(mem)?;
     }
     let took = start.elapsed();
-    std::thread::sleep(Duration::from_millis(args.hold_ms));
+    println!(
+        "memhog: touched size={} touch_ms={}",
+        args.size,
+        took.as_millis()
+    );
+    let hold = Duration::from_millis(args.hold_ms);
+    if args.request_interval_ms == 0 {
+        std::thread::sleep(hold);
+    } else {
+        serve_requests(mem, hold, args);
+    }
     Ok(took)
+}
+
+/// CLOCK_BOOTTIME in ms (comparable with the guest agent's uptime).
+fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts)
+    };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000
+}
+
+/// One request: read-modify-write `len` bytes at `offset` (wrapping).
+fn request(mem: &mut [u8], offset: usize, len: usize) -> u64 {
+    let len = len.min(mem.len());
+    let start = offset % (mem.len() - len + 1);
+    let mut sum = 0u64;
+    for b in &mut mem[start..start + len] {
+        sum = sum.wrapping_add(u64::from(*b));
+        *b = b.wrapping_add(1);
+    }
+    sum
+}
+
+/// The request loop, for `hold`, printing one line per request.
+fn serve_requests(mem: &mut [u8], hold: Duration, args: &Args) {
+    let interval = Duration::from_millis(args.request_interval_ms);
+    let end = Instant::now() + hold;
+    let mut offset = 0;
+    let mut sink = 0u64;
+    while Instant::now() < end {
+        let t = uptime_ms();
+        let began = Instant::now();
+        sink = sink.wrapping_add(request(mem, offset, args.request_bytes));
+        let latency = began.elapsed();
+        offset = offset.wrapping_add(args.request_bytes);
+        println!("req uptime_ms={t} latency_us={}", latency.as_micros());
+        std::thread::sleep(interval.saturating_sub(began.elapsed()));
+    }
+    std::hint::black_box(sink);
 }
 
 fn main() -> ExitCode {
@@ -194,7 +261,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(took) => {
             println!(
-                "memhog: size={} thp={} check_zero={} fork={} touch_ms={}",
+                "memhog: done size={} thp={} check_zero={} fork={} touch_ms={}",
                 args.size,
                 args.thp,
                 args.check_zero,
@@ -238,6 +305,29 @@ mod tests {
         ])
         .unwrap();
         assert!(run(&args).is_ok());
+    }
+
+    #[test]
+    fn requests_touch_a_wrapping_window() {
+        let mut mem = vec![0u8; 10];
+        assert_eq!(request(&mut mem, 8, 4), 0);
+        // offset 8 wraps to 8 % 7 = 1: bytes 1..5 were bumped.
+        assert_eq!(mem, [0, 1, 1, 1, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(request(&mut mem, 1, 4), 4);
+        let args = Args::try_parse_from([
+            "memhog",
+            "--size",
+            "64K",
+            "--hold-ms",
+            "30",
+            "--request-interval-ms",
+            "5",
+            "--request-bytes",
+            "8K",
+        ])
+        .unwrap();
+        assert!(run(&args).is_ok());
+        assert!(uptime_ms() > 0);
     }
 
     #[test]

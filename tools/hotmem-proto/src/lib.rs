@@ -20,7 +20,9 @@
 //! {"v":1,"id":null,"ok":false,"error":{"kind":"bad_request","message":"..."}}
 //! ```
 //!
-//! or an asynchronous [`Event`] (reserved: the v1 agent sends none), which a
+//! or an asynchronous [`Event`] (reserved: the v1 agent sends none; instance
+//! events are fetched with the `events` operation instead, so that none is
+//! lost while no host is connected), which a
 //! host tells apart from a response by its `"event"` key:
 //!
 //! ```json
@@ -83,12 +85,45 @@ pub enum Op {
     WriteFile(WriteFileArgs),
     /// Answer [`Empty`], then sync and power the guest off.
     Poweroff,
+    /// Start a function instance (bound to a HotMem partition through
+    /// `hotmem-run` unless `hotmem` is false); answered with an [`Instance`].
+    StartInstance(StartInstanceArgs),
+    /// Stop an instance (SIGTERM, then SIGKILL after the grace period) and
+    /// wait for it; answered with the final [`Instance`].
+    StopInstance(StopInstanceArgs),
+    /// List the instances the agent started and has not forgotten;
+    /// answered with an [`InstanceList`].
+    ListInstances,
+    /// Take the queued instance events (exits, OOM kills); answered with an
+    /// [`EventList`].
+    Events(EventsArgs),
+    /// Report the HotMem partitions and the offline memory blocks; answered
+    /// with a [`PartitionsResult`].
+    Partitions,
+    /// Online every offline memory block into HotMem (`online_hotmem`); a
+    /// no-op when nothing is offline. Answered with an [`OnlineResult`].
+    OnlineHotmemBlocks,
+    /// Wait until at least `count` partitions are free, onlining offline
+    /// blocks as they appear if asked to; answered with a [`PartitionsResult`].
+    WaitFreePartitions(WaitFreePartitionsArgs),
 }
 
 impl Op {
     /// The `"op"` value of every operation defined by this protocol version.
-    pub const NAMES: &'static [&'static str] =
-        &["hello", "exec", "read_file", "write_file", "poweroff"];
+    pub const NAMES: &'static [&'static str] = &[
+        "hello",
+        "exec",
+        "read_file",
+        "write_file",
+        "poweroff",
+        "start_instance",
+        "stop_instance",
+        "list_instances",
+        "events",
+        "partitions",
+        "online_hotmem_blocks",
+        "wait_free_partitions",
+    ];
 
     /// The wire name of this operation (its `"op"` value).
     pub fn name(&self) -> &'static str {
@@ -98,6 +133,13 @@ impl Op {
             Op::ReadFile(_) => "read_file",
             Op::WriteFile(_) => "write_file",
             Op::Poweroff => "poweroff",
+            Op::StartInstance(_) => "start_instance",
+            Op::StopInstance(_) => "stop_instance",
+            Op::ListInstances => "list_instances",
+            Op::Events(_) => "events",
+            Op::Partitions => "partitions",
+            Op::OnlineHotmemBlocks => "online_hotmem_blocks",
+            Op::WaitFreePartitions(_) => "wait_free_partitions",
         }
     }
 }
@@ -129,6 +171,222 @@ pub struct WriteFileArgs {
     pub path: String,
     /// Contents to write, in a single `write(2)` where the kernel allows it.
     pub data: String,
+}
+
+/// Arguments of [`Op::StartInstance`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartInstanceArgs {
+    /// The function's program and arguments; `argv[0]` is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Memory limit in bytes, enforced as the cgroup v2 `memory.max` of the
+    /// instance's own cgroup; `None` for no limit beyond the partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
+    /// Bind the instance to a HotMem partition (through `hotmem-run`).
+    #[serde(default = "default_true")]
+    pub hotmem: bool,
+    /// How long `hotmem-run` may wait for a free partition, in ms
+    /// (`None`: fail at once if none is free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_timeout_ms: Option<u64>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Arguments of [`Op::StopInstance`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopInstanceArgs {
+    /// The instance id from [`Op::StartInstance`].
+    pub instance: u64,
+    /// Time between SIGTERM and SIGKILL, in ms (default 0: SIGKILL at once).
+    #[serde(default)]
+    pub grace_ms: u64,
+}
+
+/// Arguments of [`Op::Events`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsArgs {
+    /// If no event is queued, wait up to this long for one, in ms.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Arguments of [`Op::WaitFreePartitions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitFreePartitionsArgs {
+    /// How many partitions must be `free`.
+    pub count: u64,
+    /// Online offline memory blocks into HotMem while waiting (for guests
+    /// whose virtio-mem driver leaves hot-added blocks offline).
+    #[serde(default)]
+    pub online: bool,
+    /// Give up after this many ms (answered with [`ErrorKind::Timeout`]).
+    pub timeout_ms: u64,
+}
+
+/// Lifecycle state of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Its main process is alive.
+    Running,
+    /// Its main process ended.
+    Exited,
+}
+
+/// How an instance's main process ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceExit {
+    /// Exit status, if it exited normally.
+    pub status: Option<i32>,
+    /// Terminating signal, if a signal killed it.
+    pub signal: Option<i32>,
+    /// The OOM killer killed a process of the instance (from its cgroup's
+    /// `memory.events`; covers memcg and partition-scoped OOM).
+    pub oom_killed: bool,
+    /// The agent stopped it on request.
+    pub stopped: bool,
+    /// Last lines of its standard error (lossy UTF-8).
+    #[serde(default)]
+    pub stderr_tail: String,
+}
+
+/// An instance as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Agent-assigned id, unique per agent run.
+    pub instance: u64,
+    /// PID of the instance's main process.
+    pub pid: u32,
+    /// The command.
+    pub argv: Vec<String>,
+    /// The HotMem partition it is bound to (`None` if unbound).
+    pub partition: Option<u64>,
+    /// Its cgroup, if it has one.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Memory limit in bytes, if any.
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
+    /// Running or exited.
+    pub state: InstanceState,
+    /// Memory charged to its cgroup (`memory.current`), bytes.
+    #[serde(default)]
+    pub memory_current: Option<u64>,
+    /// Pages in use in its partition, in bytes.
+    #[serde(default)]
+    pub partition_used: Option<u64>,
+    /// Resident set size of the main process, bytes.
+    #[serde(default)]
+    pub rss: Option<u64>,
+    /// Microseconds from spawn until the instance was bound and exec'd.
+    pub start_us: u64,
+    /// How it ended, once it has.
+    #[serde(default)]
+    pub exit: Option<InstanceExit>,
+}
+
+/// Result of [`Op::ListInstances`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceList {
+    /// Instances in start order.
+    pub instances: Vec<Instance>,
+}
+
+/// What happened to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceEventKind {
+    /// Its main process ended (on its own or stopped).
+    InstanceExited,
+    /// The OOM killer killed one of its processes.
+    OomKilled,
+    /// An event kind defined by a newer protocol revision.
+    #[serde(other)]
+    Unknown,
+}
+
+/// An instance event, as queued by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceEvent {
+    /// Sequence number, increasing from 1 per agent run.
+    pub seq: u64,
+    /// What happened.
+    pub kind: InstanceEventKind,
+    /// The instance.
+    pub instance: u64,
+    /// Its partition, if it was bound.
+    pub partition: Option<u64>,
+    /// The exit, for [`InstanceEventKind::InstanceExited`].
+    #[serde(default)]
+    pub exit: Option<InstanceExit>,
+    /// Guest uptime (`CLOCK_BOOTTIME`) when the agent saw it, ms.
+    pub uptime_ms: u64,
+}
+
+/// Result of [`Op::Events`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventList {
+    /// The events queued since the last [`Op::Events`], oldest first.
+    pub events: Vec<InstanceEvent>,
+    /// Events dropped because the queue was full.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// One HotMem partition (`/sys/kernel/mm/hotmem/partitions/partN`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// The N of `partN`.
+    pub id: u64,
+    /// `absent`, `populating`, `free`, `bound`, `draining` or `offlining`.
+    pub state: String,
+    /// Processes bound to it.
+    pub users: u64,
+    /// Pages in use.
+    pub used_pages: u64,
+    /// Memory blocks online.
+    pub online_blocks: u64,
+}
+
+/// Result of [`Op::Partitions`] and [`Op::WaitFreePartitions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionsResult {
+    /// Whether the guest runs with `hotmem=on`.
+    pub enabled: bool,
+    /// Partition size in bytes.
+    pub partition_size: u64,
+    /// The partitions, by id.
+    pub partitions: Vec<Partition>,
+    /// Memory blocks that are present but offline.
+    pub offline_blocks: u64,
+    /// Blocks onlined into HotMem by this request.
+    #[serde(default)]
+    pub onlined: u64,
+    /// How long the request took in the guest, µs.
+    #[serde(default)]
+    pub duration_us: u64,
+}
+
+impl PartitionsResult {
+    /// Number of partitions in state `free`.
+    pub fn free(&self) -> u64 {
+        self.partitions.iter().filter(|p| p.state == "free").count() as u64
+    }
+}
+
+/// Result of [`Op::OnlineHotmemBlocks`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnlineResult {
+    /// Blocks onlined (the N of `memoryN`).
+    pub onlined: Vec<u64>,
+    /// How long it took in the guest, µs.
+    pub duration_us: u64,
 }
 
 /// Result of [`Op::Hello`].
@@ -207,6 +465,10 @@ pub enum ErrorKind {
     Io,
     /// The operation did not finish in time.
     Timeout,
+    /// The request names an instance the agent does not know.
+    NoSuchInstance,
+    /// No HotMem partition could be bound (`hotmem-run` exit 125).
+    BindFailed,
     /// A bug or unexpected state in the agent.
     Internal,
     /// An error kind defined by a newer protocol revision.
@@ -480,6 +742,26 @@ mod tests {
                 data: "online_movable\n".into(),
             }),
             Op::Poweroff,
+            Op::StartInstance(StartInstanceArgs {
+                argv: vec!["hotmem-memhog".into(), "--size".into(), "64M".into()],
+                memory_limit: Some(128 << 20),
+                hotmem: true,
+                bind_timeout_ms: Some(1000),
+                env: vec![],
+            }),
+            Op::StopInstance(StopInstanceArgs {
+                instance: 3,
+                grace_ms: 100,
+            }),
+            Op::ListInstances,
+            Op::Events(EventsArgs { wait_ms: 50 }),
+            Op::Partitions,
+            Op::OnlineHotmemBlocks,
+            Op::WaitFreePartitions(WaitFreePartitionsArgs {
+                count: 2,
+                online: true,
+                timeout_ms: 5000,
+            }),
         ]
     }
 
@@ -548,11 +830,122 @@ mod tests {
     }
 
     #[test]
+    fn start_instance_defaults() {
+        let req = decode_request(br#"{"v":1,"id":8,"op":"start_instance","argv":["sleep","1"]}"#)
+            .unwrap();
+        let Op::StartInstance(args) = req.op else {
+            panic!("not start_instance: {req:?}");
+        };
+        assert_eq!(args.argv, ["sleep", "1"]);
+        assert!(args.hotmem, "binding is the default");
+        assert_eq!((args.memory_limit, args.bind_timeout_ms), (None, None));
+        let req = decode_request(br#"{"v":1,"id":8,"op":"stop_instance","instance":4}"#).unwrap();
+        assert_eq!(
+            req.op,
+            Op::StopInstance(StopInstanceArgs {
+                instance: 4,
+                grace_ms: 0
+            })
+        );
+        let req = decode_request(br#"{"v":1,"id":8,"op":"events"}"#).unwrap();
+        assert_eq!(req.op, Op::Events(EventsArgs { wait_ms: 0 }));
+    }
+
+    #[test]
+    fn instance_ops_reject_bad_arguments() {
+        for bad in [
+            &br#"{"v":1,"id":9,"op":"start_instance"}"#[..],
+            br#"{"v":1,"id":9,"op":"start_instance","argv":"sleep 1"}"#,
+            br#"{"v":1,"id":9,"op":"start_instance","argv":[],"memory_limit":-1}"#,
+            br#"{"v":1,"id":9,"op":"stop_instance"}"#,
+            br#"{"v":1,"id":9,"op":"stop_instance","instance":"x"}"#,
+            br#"{"v":1,"id":9,"op":"wait_free_partitions","count":1}"#,
+            br#"{"v":1,"id":9,"op":"events","wait_ms":1.5}"#,
+        ] {
+            let err = decode_request(bad).unwrap_err();
+            assert_eq!(
+                (err.id, err.info.kind),
+                (Some(9), ErrorKind::BadRequest),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn instance_results_roundtrip() {
+        let exit = InstanceExit {
+            status: None,
+            signal: Some(9),
+            oom_killed: true,
+            stopped: false,
+            stderr_tail: "Killed\n".into(),
+        };
+        let inst = Instance {
+            instance: 1,
+            pid: 77,
+            argv: vec!["x".into()],
+            partition: Some(8),
+            cgroup: Some("/sys/fs/cgroup/hotmem/i1".into()),
+            memory_limit: Some(1 << 27),
+            state: InstanceState::Exited,
+            memory_current: Some(4096),
+            partition_used: Some(0),
+            rss: None,
+            start_us: 1200,
+            exit: Some(exit.clone()),
+        };
+        let list = InstanceList {
+            instances: vec![inst.clone()],
+        };
+        let v = serde_json::to_value(&list).unwrap();
+        assert_eq!(v["instances"][0]["state"], "exited");
+        assert_eq!(serde_json::from_value::<InstanceList>(v).unwrap(), list);
+        let ev = EventList {
+            events: vec![InstanceEvent {
+                seq: 1,
+                kind: InstanceEventKind::OomKilled,
+                instance: 1,
+                partition: Some(8),
+                exit: Some(exit),
+                uptime_ms: 5,
+            }],
+            dropped: 0,
+        };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["events"][0]["kind"], "oom_killed");
+        assert_eq!(serde_json::from_value::<EventList>(v).unwrap(), ev);
+        let future: InstanceEvent = serde_json::from_value(json!({
+            "seq": 2, "kind": "migrated", "instance": 1, "partition": null, "uptime_ms": 1
+        }))
+        .unwrap();
+        assert_eq!(future.kind, InstanceEventKind::Unknown);
+    }
+
+    #[test]
+    fn partitions_count_free() {
+        let part = |id, state: &str| Partition {
+            id,
+            state: state.into(),
+            users: 0,
+            used_pages: 0,
+            online_blocks: 1,
+        };
+        let r = PartitionsResult {
+            enabled: true,
+            partition_size: 128 << 20,
+            partitions: vec![part(8, "free"), part(9, "bound"), part(10, "free")],
+            ..PartitionsResult::default()
+        };
+        assert_eq!(r.free(), 2);
+    }
+
+    #[test]
     fn unknown_op_is_unsupported() {
-        let err = decode_request(br#"{"v":1,"id":5,"op":"start_instance"}"#).unwrap_err();
+        let err = decode_request(br#"{"v":1,"id":5,"op":"migrate_instance"}"#).unwrap_err();
         assert_eq!(err.id, Some(5));
         assert_eq!(err.info.kind, ErrorKind::UnsupportedOp);
-        assert!(err.info.message.contains("start_instance"));
+        assert!(err.info.message.contains("migrate_instance"));
         let err = decode_request(br#"{"v":1,"id":5,"op":42}"#).unwrap_err();
         assert_eq!(err.info.kind, ErrorKind::UnsupportedOp);
         let err = decode_request(br#"{"v":1,"id":5}"#).unwrap_err();

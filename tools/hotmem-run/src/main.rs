@@ -1,8 +1,15 @@
-//! `hotmem-run [--nonblock | --timeout-ms MS] [--verbose] -- COMMAND [ARGS...]`
+//! `hotmem-run [--nonblock | --timeout-ms MS] [--verbose] [--cgroup DIR]
+//! [--partition-file PATH] -- COMMAND [ARGS...]`
 //!
 //! Binds itself to a free HotMem partition, then execs COMMAND, which
 //! inherits the binding (and so do its children). Exit status 125 means the
-//! binding failed, 126/127 that COMMAND could not be run, as with `env`.
+//! binding (or joining the cgroup) failed, 126/127 that COMMAND could not be
+//! run, as with `env`.
+//!
+//! `--cgroup DIR` first moves the process into the cgroup v2 directory DIR
+//! (so the function's memory limit applies from its first allocation);
+//! `--partition-file PATH` writes the partition id to PATH once bound (the
+//! guest agent reads it to report where an instance runs).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -24,6 +31,12 @@ struct Args {
     /// Print the partition id to stderr.
     #[arg(short, long)]
     verbose: bool,
+    /// Join this cgroup v2 directory before binding.
+    #[arg(long, value_name = "DIR")]
+    cgroup: Option<std::path::PathBuf>,
+    /// Write the partition id (and a newline) to this file once bound.
+    #[arg(long, value_name = "PATH")]
+    partition_file: Option<std::path::PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -36,11 +49,26 @@ fn main() -> ExitCode {
         (false, Some(ms)) => Wait::Millis(ms),
         (false, None) => Wait::Forever,
     };
-    match bind(wait) {
-        Ok(id) if args.verbose => eprintln!("hotmem-run: bound to partition {id}"),
-        Ok(_) => {}
+    if let Some(dir) = &args.cgroup {
+        let procs = dir.join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, format!("{}\n", std::process::id())) {
+            eprintln!("hotmem-run: cannot join cgroup {}: {e}", dir.display());
+            return ExitCode::from(125);
+        }
+    }
+    let id = match bind(wait) {
+        Ok(id) => id,
         Err(e) => {
             eprintln!("hotmem-run: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    if args.verbose {
+        eprintln!("hotmem-run: bound to partition {id}");
+    }
+    if let Some(path) = &args.partition_file {
+        if let Err(e) = std::fs::write(path, format!("{id}\n")) {
+            eprintln!("hotmem-run: cannot write {}: {e}", path.display());
             return ExitCode::from(125);
         }
     }

@@ -25,6 +25,7 @@ pub mod console;
 pub mod demo;
 pub mod meminfo;
 pub mod qmp;
+pub mod scale;
 pub mod size;
 pub mod vm;
 

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use hotmem_proto::{EventList, EventsArgs, Op};
 use hotmemctl::demo::{render_table, run_demo};
+use hotmemctl::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
 use hotmemctl::{parse_size, Accel, ExecOutput, HumanSize, ShutdownMethod, Vm, VmConfig, VmError};
 use serde::Serialize;
 
@@ -74,6 +76,73 @@ enum Cmd {
         #[command(flatten)]
         session: SessionArgs,
     },
+    /// Start a function instance: plug one partition if none is free,
+    /// wait for it, start the command bound to it; report latencies.
+    ScaleUp {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// Memory limit of the instance (cgroup memory.max), e.g. 128M.
+        #[arg(long, value_parser = parse_size)]
+        memory_limit: Option<u64>,
+        /// Bytes to plug per instance in a hotmem=off (vanilla) guest.
+        #[arg(long, value_parser = parse_size, default_value = "128M")]
+        unit: u64,
+        /// Plug a partition even if one is free.
+        #[arg(long)]
+        force_plug: bool,
+        /// Limit for plugging and for the partition to become free, seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// The function's command (after `--`).
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Stop an instance and unplug its partition; report latencies.
+    ScaleDown {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// The instance id (from scale-up or `instances`).
+        #[arg(long)]
+        instance: u64,
+        /// How to unplug: QMP requested-size, or the guest driver's sysfs
+        /// trigger (see --sysfs-trigger).
+        #[arg(long, value_enum, default_value_t = TriggerArg::Qmp)]
+        trigger: TriggerArg,
+        /// The guest file written with `1` for `--trigger sysfs`;
+        /// `{partition}` is replaced by the instance's partition id.
+        #[arg(long, env = "HOTMEM_SYSFS_TRIGGER", default_value = DEFAULT_SYSFS_TRIGGER)]
+        sysfs_trigger: String,
+        /// Stop the instance but keep its memory plugged.
+        #[arg(long)]
+        keep_plugged: bool,
+        /// Bytes to unplug per instance in a hotmem=off (vanilla) guest.
+        #[arg(long, value_parser = parse_size, default_value = "128M")]
+        unit: u64,
+        /// SIGTERM grace period before SIGKILL, ms.
+        #[arg(long, default_value_t = 0)]
+        grace_ms: u64,
+        /// Limit for the unplug, seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// List the guest's function instances with partition and memory use.
+    Instances {
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// Print the instance events (exits, OOM kills) queued in the agent.
+    Events {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// Wait up to this long for an event if none is queued, ms.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+    },
+    /// Show the HotMem partitions and offline memory blocks.
+    Partitions {
+        #[command(flatten)]
+        session: SessionArgs,
+    },
     /// Boot, plug and unplug 1 GiB with the vanilla driver, with timings.
     Demo {
         #[command(flatten)]
@@ -83,6 +152,20 @@ enum Cmd {
         dir: Option<PathBuf>,
     },
 }
+
+/// `--trigger` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TriggerArg {
+    /// QMP qom-set requested-size.
+    Qmp,
+    /// The guest driver's sysfs trigger.
+    Sysfs,
+}
+
+/// Default `--sysfs-trigger`: the HotMem virtio-mem driver's per-device
+/// attribute (override it if the driver names it differently).
+const DEFAULT_SYSFS_TRIGGER: &str =
+    "/sys/bus/virtio/drivers/hotmem_virtio_mem/virtio0/unplug_partition";
 
 /// Selects a running session.
 #[derive(Debug, Args)]
@@ -219,6 +302,107 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             argv,
         } => exec(&session.dir, timeout.map(Duration::from_secs), &argv, json),
         Cmd::Down { session } => down(&session.dir, json),
+        Cmd::ScaleUp {
+            session,
+            memory_limit,
+            unit,
+            force_plug,
+            timeout,
+            argv,
+        } => {
+            let mut opts = ScaleUpOptions::new(argv);
+            opts.memory_limit = memory_limit;
+            opts.vanilla_unit = unit;
+            opts.force_plug = force_plug;
+            opts.timeout = Duration::from_secs(timeout);
+            let mut vm = Vm::attach(&session.dir)?;
+            let report = scale::scale_up(&mut vm, &opts)?;
+            emit(json, &report, scale::render_up)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ScaleDown {
+            session,
+            instance,
+            trigger,
+            sysfs_trigger,
+            keep_plugged,
+            unit,
+            grace_ms,
+            timeout,
+        } => {
+            let mut opts = ScaleDownOptions::new(instance);
+            opts.trigger = match trigger {
+                TriggerArg::Qmp => Trigger::Qmp,
+                TriggerArg::Sysfs => Trigger::Sysfs {
+                    path: sysfs_trigger,
+                },
+            };
+            opts.keep_plugged = keep_plugged;
+            opts.vanilla_unit = unit;
+            opts.grace = Duration::from_millis(grace_ms);
+            opts.timeout = Duration::from_secs(timeout);
+            let mut vm = Vm::attach(&session.dir)?;
+            let report = scale::scale_down(&mut vm, &opts)?;
+            emit(json, &report, scale::render_down)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Instances { session } => {
+            let list = scale::list_instances(&mut Vm::attach(&session.dir)?)?;
+            emit(json, &list, scale::render_instances)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Events { session, wait_ms } => {
+            let mut vm = Vm::attach(&session.dir)?;
+            let events: EventList = vm.agent_call(
+                Op::Events(EventsArgs { wait_ms }),
+                Some(Duration::from_millis(wait_ms) + Duration::from_secs(10)),
+            )?;
+            emit(json, &events, |e| {
+                let mut out = String::new();
+                for ev in &e.events {
+                    out.push_str(&format!(
+                        "#{} {:?} instance {} partition {:?} at {} ms{}\n",
+                        ev.seq,
+                        ev.kind,
+                        ev.instance,
+                        ev.partition,
+                        ev.uptime_ms,
+                        ev.exit
+                            .as_ref()
+                            .map(|x| format!(
+                                ": status {:?} signal {:?} oom_killed {} stopped {}",
+                                x.status, x.signal, x.oom_killed, x.stopped
+                            ))
+                            .unwrap_or_default()
+                    ));
+                }
+                if e.dropped > 0 {
+                    out.push_str(&format!("({} older events dropped)\n", e.dropped));
+                }
+                out
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Partitions { session } => {
+            let parts = scale::partitions(&mut Vm::attach(&session.dir)?)?;
+            emit(json, &parts, |p| {
+                let mut out = format!(
+                    "hotmem {}, partition size {}, {} offline blocks, states {:?}\n",
+                    if p.enabled { "on" } else { "off" },
+                    HumanSize(p.partition_size),
+                    p.offline_blocks,
+                    scale::partition_states(p)
+                );
+                for part in &p.partitions {
+                    out.push_str(&format!(
+                        "part{:<4} {:<10} users {} used_pages {} online_blocks {}\n",
+                        part.id, part.state, part.users, part.used_pages, part.online_blocks
+                    ));
+                }
+                out
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Demo { vm, dir } => {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("hotmem-demo-{}", std::process::id()))
@@ -441,6 +625,56 @@ mod tests {
             panic!("not exec");
         };
         assert_eq!(argv, ["ls", "-l", "/"]);
+    }
+
+    #[test]
+    fn scale_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "hotmemctl",
+            "scale-up",
+            "--dir",
+            "d",
+            "--memory-limit",
+            "128M",
+            "--",
+            "hotmem-memhog",
+            "--size",
+            "64M",
+        ])
+        .unwrap();
+        let Cmd::ScaleUp {
+            memory_limit, argv, ..
+        } = cli.command
+        else {
+            panic!("not scale-up");
+        };
+        assert_eq!(memory_limit, Some(128 << 20));
+        assert_eq!(argv, ["hotmem-memhog", "--size", "64M"]);
+        let cli = Cli::try_parse_from([
+            "hotmemctl",
+            "scale-down",
+            "--dir",
+            "d",
+            "--instance",
+            "3",
+            "--trigger",
+            "sysfs",
+            "--sysfs-trigger",
+            "/sys/x/{partition}",
+        ])
+        .unwrap();
+        let Cmd::ScaleDown {
+            instance,
+            trigger,
+            sysfs_trigger,
+            ..
+        } = cli.command
+        else {
+            panic!("not scale-down");
+        };
+        assert_eq!((instance, trigger), (3, TriggerArg::Sysfs));
+        assert_eq!(sysfs_trigger, "/sys/x/{partition}");
+        assert!(Cli::try_parse_from(["hotmemctl", "scale-down", "--dir", "d"]).is_err());
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub enum VmErrorKind {
     /// Guest data could not be parsed.
     #[error(transparent)]
     Meminfo(#[from] MeminfoError),
+    /// A scale-up/scale-down or benchmark step cannot be done as asked.
+    #[error("{0}")]
+    Scale(String),
     /// A session directory is unusable (no guest, or one already running).
     #[error("run dir {}: {reason}", dir.display())]
     Session {
@@ -133,6 +136,11 @@ impl VmError {
     /// Console (and QEMU log) excerpts; empty if not applicable.
     pub fn diagnostics(&self) -> &str {
         &self.diagnostics
+    }
+
+    /// An error without diagnostics.
+    pub fn from_kind(kind: impl Into<VmErrorKind>) -> Self {
+        Self::bare(kind)
     }
 
     fn bare(kind: impl Into<VmErrorKind>) -> Self {
@@ -653,6 +661,16 @@ impl Vm {
             exit: out.describe_exit(),
             stderr: out.stderr.trim().to_owned(),
         }))
+    }
+
+    /// Sends any agent operation and decodes its result, waiting up to
+    /// `timeout` (or the command timeout if `None`).
+    pub fn agent_call<T: serde::de::DeserializeOwned>(
+        &mut self,
+        op: hotmem_proto::Op,
+        timeout: Option<Duration>,
+    ) -> Result<T, VmError> {
+        self.with_agent(|agent, default| agent.call(op, timeout.unwrap_or(default)))
     }
 
     /// Reads a guest file.

@@ -1,0 +1,294 @@
+//! `hotmem-filework --file PATH --file-size 32M --anon 16M [--rounds N]
+//! [--hold-ms MS]`
+//!
+//! A function instance that exercises the file-backed and fork paths:
+//!
+//! 1. writes PATH (`--file-size` bytes) unless it exists with that size,
+//!    then reads it with `read(2)` `--rounds` times (page cache, which
+//!    HotMem keeps in ordinary memory, shared by all instances);
+//! 2. maps it `MAP_PRIVATE` and writes one byte per page (copy-on-write
+//!    copies of file pages: private anonymous memory, from the partition);
+//! 3. forks a child that maps and touches `--anon` bytes of anonymous memory
+//!    (the child inherits the parent's partition) and exits;
+//! 4. holds everything for `--hold-ms`.
+//!
+//! Prints one `key=value` summary line.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+const PAGE: usize = 4096;
+
+/// Page-cache reads, a private file mapping and a forked child.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The data file (created if missing or of another size).
+    #[arg(long, default_value = "/tmp/hotmem-filework.dat")]
+    file: PathBuf,
+    /// Size of the data file.
+    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    file_size: usize,
+    /// Anonymous memory the forked child touches.
+    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    anon: usize,
+    /// How many times to read the whole file.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Keep everything this long before exiting.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    hold_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("read {got} bytes of {path}, expected {want}")]
+    Short {
+        path: String,
+        got: usize,
+        want: usize,
+    },
+    #[error("the child failed (wait status {0:#x})")]
+    Child(i32),
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let shift = match suffix.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        other => return Err(format!("unknown size suffix {other:?}")),
+    };
+    let n: usize = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
+    n.checked_mul(1usize << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("bad size {s:?}"))
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Io(what, e)
+}
+
+/// Creates the data file with a recognisable pattern unless it is there.
+fn ensure_file(args: &Args) -> Result<(), Error> {
+    let name = args.file.display().to_string();
+    if fs::metadata(&args.file).is_ok_and(|m| m.len() == args.file_size as u64) {
+        return Ok(());
+    }
+    let mut f = File::create(&args.file).map_err(io(format!("create {name}")))?;
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut left = args.file_size;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n])
+            .map_err(io(format!("write {name}")))?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Reads the whole file; returns a checksum.
+fn read_file(args: &Args) -> Result<u64, Error> {
+    let name = args.file.display().to_string();
+    let mut f = File::open(&args.file).map_err(io(format!("open {name}")))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut got, mut sum) = (0usize, 0u64);
+    loop {
+        let n = f.read(&mut buf).map_err(io(format!("read {name}")))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+        sum = buf[..n]
+            .iter()
+            .fold(sum, |s, &b| s.wrapping_add(u64::from(b)));
+    }
+    if got != args.file_size {
+        return Err(Error::Short {
+            path: name,
+            got,
+            want: args.file_size,
+        });
+    }
+    Ok(sum)
+}
+
+/// A mapping, unmapped on drop.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    /// `MAP_PRIVATE` of `fd` (or anonymous if `fd` is `None`).
+    fn new(len: usize, fd: Option<i32>) -> Result<Self, Error> {
+        let flags = libc::MAP_PRIVATE | if fd.is_none() { libc::MAP_ANONYMOUS } else { 0 };
+        #[allow(unsafe_code)]
+        // SAFETY: a fresh private mapping at an address of the kernel's
+        // choosing aliases nothing of ours.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd.unwrap_or(-1),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Io(
+                format!("mmap {len} bytes"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Self { ptr, len })
+    }
+
+    /// Writes one byte per page (faults each page in, COW for files).
+    fn touch(&mut self, value: u8) {
+        for off in (0..self.len).step_by(PAGE) {
+            #[allow(unsafe_code)]
+            // SAFETY: off < len, inside our writable mapping.
+            unsafe {
+                self.ptr.cast::<u8>().add(off).write_volatile(value)
+            };
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe {
+            libc::munmap(self.ptr, self.len);
+        }
+    }
+}
+
+/// Forks a child that touches `anon` bytes and exits.
+fn fork_child(anon: usize) -> Result<(), Error> {
+    #[allow(unsafe_code)]
+    // SAFETY: single-threaded program; the child only maps, touches and
+    // calls _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::Io("fork".into(), std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        let code = match Mapping::new(anon, None) {
+            Ok(mut m) => {
+                m.touch(3);
+                0
+            }
+            Err(_) => 1,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: _exit never returns and runs no destructors.
+        unsafe {
+            libc::_exit(code)
+        };
+    }
+    let mut status = 0;
+    #[allow(unsafe_code)]
+    // SAFETY: waiting for our own child with a valid status pointer.
+    let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if ret != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(Error::Child(status));
+    }
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<String, Error> {
+    let start = Instant::now();
+    ensure_file(args)?;
+    let mut sum = 0;
+    for _ in 0..args.rounds {
+        sum = read_file(args)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .open(&args.file)
+        .map_err(io(format!("open {}", args.file.display())))?;
+    let mut private = Mapping::new(args.file_size, Some(file.as_raw_fd()))?;
+    private.touch(7);
+    fork_child(args.anon)?;
+    let took = start.elapsed();
+    std::thread::sleep(Duration::from_millis(args.hold_ms));
+    drop(private);
+    Ok(format!(
+        "filework: file_size={} rounds={} anon={} checksum={sum} work_ms={}",
+        args.file_size,
+        args.rounds,
+        args.anon,
+        took.as_millis()
+    ))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hotmem-filework: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("3T").is_err());
+    }
+
+    #[test]
+    fn runs_on_the_host() {
+        let dir = std::env::temp_dir().join(format!("filework-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("d");
+        let argv = [
+            "filework",
+            "--file",
+            file.to_str().unwrap_or(""),
+            "--file-size",
+            "300K",
+            "--anon",
+            "1M",
+        ];
+        let args = Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+        let out = run(&args).unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.contains("file_size=307200"), "{out}");
+        // The private mapping's writes never reach the file.
+        let data = fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((data[0], data[1], data[4096]), (0, 1, (4096 % 251) as u8));
+        // A second run reuses the file; a truncated file is rewritten.
+        assert!(run(&args).is_ok());
+        fs::write(&file, b"short").unwrap_or_else(|e| panic!("{e}"));
+        assert!(run(&args).is_ok());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,469 @@
+//! Scaling function instances up and down on a running guest.
+//!
+//! * **scale-up**: make sure a free HotMem partition exists — if none is,
+//!   raise the virtio-mem `requested-size` by one partition (QMP), wait for
+//!   the device to plug it and for the guest to turn it into a free
+//!   partition (the agent's `wait_free_partitions`, which onlines offline
+//!   blocks with `online_hotmem` when no HotMem-aware driver did) — then
+//!   start the function bound to a partition (`hotmem-run`).
+//! * **scale-down**: stop the instance (its partition is then empty) and
+//!   give one partition back: lower `requested-size` by one partition (QMP
+//!   trigger), or ask the guest driver through its sysfs trigger, and wait
+//!   until the device's plugged `size` dropped.
+//!
+//! In a `hotmem=off` guest ("vanilla") the same steps plug and unplug
+//! `unit` bytes of ZONE_MOVABLE memory and start instances unbound; the
+//! unplug then has to find and migrate used pages.
+//!
+//! Every step is timed on the host; reclaim latency is the time from the
+//! trigger until QMP reports the lower plugged size.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use hotmem_proto::{
+    Instance, InstanceList, Op, PartitionsResult, StartInstanceArgs, StopInstanceArgs,
+    WaitFreePartitionsArgs,
+};
+use serde::Serialize;
+
+use crate::size::HumanSize;
+use crate::vm::{Vm, VmError, VmErrorKind};
+
+/// Default amount plugged per instance in a vanilla guest.
+pub const DEFAULT_VANILLA_UNIT: u64 = 128 << 20;
+/// Default limit for plugging/unplugging and for a partition to become free.
+pub const DEFAULT_SCALE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long `hotmem-run` may wait for a partition once one is free.
+const BIND_TIMEOUT_MS: u64 = 10_000;
+
+/// How a scale-down gives memory back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Trigger {
+    /// Lower the device's `requested-size` over QMP (the default).
+    Qmp,
+    /// Write `1` to a guest sysfs file of the HotMem virtio-mem driver;
+    /// `{partition}` in the path is replaced by the partition id.
+    Sysfs {
+        /// The trigger file.
+        path: String,
+    },
+}
+
+/// Options of [`scale_up`].
+#[derive(Debug, Clone)]
+pub struct ScaleUpOptions {
+    /// The function's command.
+    pub argv: Vec<String>,
+    /// Memory limit (cgroup `memory.max`) of the instance.
+    pub memory_limit: Option<u64>,
+    /// Bytes to plug per instance in a vanilla guest (HotMem guests plug
+    /// one partition, `/sys/kernel/mm/hotmem/partition_size`).
+    pub vanilla_unit: u64,
+    /// Always plug, even if a free partition exists.
+    pub force_plug: bool,
+    /// Limit for each wait.
+    pub timeout: Duration,
+}
+
+impl ScaleUpOptions {
+    /// Options with defaults for `argv`.
+    pub fn new(argv: Vec<String>) -> Self {
+        Self {
+            argv,
+            memory_limit: None,
+            vanilla_unit: DEFAULT_VANILLA_UNIT,
+            force_plug: false,
+            timeout: DEFAULT_SCALE_TIMEOUT,
+        }
+    }
+}
+
+/// Options of [`scale_down`].
+#[derive(Debug, Clone)]
+pub struct ScaleDownOptions {
+    /// The instance to stop.
+    pub instance: u64,
+    /// How to give the memory back.
+    pub trigger: Trigger,
+    /// Stop the instance but keep the memory plugged.
+    pub keep_plugged: bool,
+    /// Bytes to unplug in a vanilla guest.
+    pub vanilla_unit: u64,
+    /// SIGTERM grace period before SIGKILL.
+    pub grace: Duration,
+    /// Limit for the unplug.
+    pub timeout: Duration,
+}
+
+impl ScaleDownOptions {
+    /// Options with defaults for `instance`.
+    pub fn new(instance: u64) -> Self {
+        Self {
+            instance,
+            trigger: Trigger::Qmp,
+            keep_plugged: false,
+            vanilla_unit: DEFAULT_VANILLA_UNIT,
+            grace: Duration::ZERO,
+            timeout: DEFAULT_SCALE_TIMEOUT,
+        }
+    }
+}
+
+/// Guest memory as seen after a step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GuestMemory {
+    /// virtio-mem plugged size (QMP `size`), bytes.
+    pub plugged: u64,
+    /// virtio-mem `requested-size`, bytes.
+    pub requested: u64,
+    /// `MemTotal`, kB.
+    pub mem_total_kib: u64,
+    /// `MemFree`, kB.
+    pub mem_free_kib: u64,
+    /// `HotMemFree`, kB (0 without HotMem).
+    pub hotmem_free_kib: u64,
+}
+
+/// What [`scale_up`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleUpReport {
+    /// `hotmem` or `vanilla`.
+    pub mode: &'static str,
+    /// The started instance.
+    pub instance: Instance,
+    /// Bytes plugged for it (0 if a free partition was already there).
+    pub plugged_bytes: u64,
+    /// Time until QMP reported the new plugged size, ms.
+    pub plug_ms: Option<f64>,
+    /// Time until the guest had a free partition (onlining included), ms.
+    pub online_ms: Option<f64>,
+    /// Blocks onlined into HotMem by the agent.
+    pub onlined_blocks: u64,
+    /// Time to start the instance (bind included), ms.
+    pub start_ms: f64,
+    /// Whole operation, ms.
+    pub total_ms: f64,
+    /// Memory afterwards.
+    pub memory: GuestMemory,
+}
+
+/// What [`scale_down`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleDownReport {
+    /// `hotmem` or `vanilla`.
+    pub mode: &'static str,
+    /// The instance as it ended.
+    pub instance: Instance,
+    /// Time to stop it (kill, reap, partition released), ms.
+    pub stop_ms: f64,
+    /// Bytes unplugged.
+    pub unplugged_bytes: u64,
+    /// Reclaim latency: trigger until QMP reported the lower size, ms.
+    pub reclaim_ms: Option<f64>,
+    /// Guest CPU time (all vCPUs, non-idle) during the reclaim, ms, from
+    /// `/proc/stat`; includes the agent's own small polling cost.
+    pub reclaim_guest_cpu_ms: Option<f64>,
+    /// How the memory was given back.
+    pub trigger: Option<Trigger>,
+    /// Whole operation, ms.
+    pub total_ms: f64,
+    /// Memory afterwards.
+    pub memory: GuestMemory,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn failed(what: String) -> VmError {
+    VmError::from_kind(VmErrorKind::Scale(what))
+}
+
+/// Agent `partitions`.
+pub fn partitions(vm: &mut Vm) -> Result<PartitionsResult, VmError> {
+    vm.agent_call(Op::Partitions, None)
+}
+
+/// Agent `list_instances`.
+pub fn list_instances(vm: &mut Vm) -> Result<InstanceList, VmError> {
+    vm.agent_call(Op::ListInstances, None)
+}
+
+/// The guest's memory figures (QMP + `/proc/meminfo`).
+pub fn guest_memory(vm: &mut Vm) -> Result<GuestMemory, VmError> {
+    let info = vm.meminfo()?;
+    let get = |k: &str| info.get(k).copied().unwrap_or(0);
+    Ok(GuestMemory {
+        plugged: vm.plugged_size()?,
+        requested: vm.requested_size()?,
+        mem_total_kib: get("MemTotal"),
+        mem_free_kib: get("MemFree"),
+        hotmem_free_kib: get("HotMemFree"),
+    })
+}
+
+/// Non-idle guest CPU time in USER_HZ ticks, from `/proc/stat`'s `cpu` line.
+pub fn busy_ticks(proc_stat: &str) -> Option<u64> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+    Some(busy)
+}
+
+/// USER_HZ of Linux guests (ticks per second in `/proc/stat`).
+const USER_HZ: f64 = 100.0;
+
+/// Sets `requested-size` to `target` and waits until the device reached it.
+fn resize_and_wait(vm: &mut Vm, target: u64, timeout: Duration) -> Result<Duration, VmError> {
+    let start = Instant::now();
+    vm.set_requested_size(target)?;
+    vm.wait_plugged(target, timeout)?;
+    Ok(start.elapsed())
+}
+
+/// Starts an instance, plugging memory first if the guest needs it.
+pub fn scale_up(vm: &mut Vm, opts: &ScaleUpOptions) -> Result<ScaleUpReport, VmError> {
+    let start = Instant::now();
+    let parts = partitions(vm)?;
+    let hotmem = parts.enabled;
+    let (mut plugged_bytes, mut plug_ms, mut online_ms, mut onlined_blocks) = (0, None, None, 0);
+    if !hotmem || parts.free() == 0 || opts.force_plug {
+        let unit = if hotmem {
+            parts.partition_size
+        } else {
+            opts.vanilla_unit
+        };
+        let target = vm.requested_size()? + unit;
+        plug_ms = Some(ms(resize_and_wait(vm, target, opts.timeout)?));
+        plugged_bytes = unit;
+    }
+    if hotmem {
+        let timeout_ms = u64::try_from(opts.timeout.as_millis()).unwrap_or(u64::MAX);
+        let waited = Instant::now();
+        let ready: PartitionsResult = vm.agent_call(
+            Op::WaitFreePartitions(WaitFreePartitionsArgs {
+                count: 1,
+                online: true,
+                timeout_ms,
+            }),
+            Some(opts.timeout + Duration::from_secs(10)),
+        )?;
+        online_ms = Some(ms(waited.elapsed()));
+        onlined_blocks = ready.onlined;
+    }
+    let started = Instant::now();
+    let instance: Instance = vm.agent_call(
+        Op::StartInstance(StartInstanceArgs {
+            argv: opts.argv.clone(),
+            memory_limit: opts.memory_limit,
+            hotmem,
+            bind_timeout_ms: Some(BIND_TIMEOUT_MS),
+            env: Vec::new(),
+        }),
+        Some(Duration::from_millis(BIND_TIMEOUT_MS) + Duration::from_secs(30)),
+    )?;
+    let start_ms = ms(started.elapsed());
+    let total_ms = ms(start.elapsed());
+    Ok(ScaleUpReport {
+        mode: if hotmem { "hotmem" } else { "vanilla" },
+        instance,
+        plugged_bytes,
+        plug_ms,
+        online_ms,
+        onlined_blocks,
+        start_ms,
+        total_ms,
+        memory: guest_memory(vm)?,
+    })
+}
+
+/// Gives `unit` bytes back through `trigger`; returns the reclaim latency
+/// and the guest CPU time spent meanwhile.
+pub fn reclaim(
+    vm: &mut Vm,
+    unit: u64,
+    trigger: &Trigger,
+    partition: Option<u64>,
+    timeout: Duration,
+) -> Result<(Duration, Option<f64>), VmError> {
+    let before = vm.plugged_size()?;
+    let target = before.checked_sub(unit).ok_or_else(|| {
+        failed(format!(
+            "cannot unplug {} with only {} plugged",
+            HumanSize(unit),
+            HumanSize(before)
+        ))
+    })?;
+    let stat_before = vm.read_file("/proc/stat")?;
+    let took = match trigger {
+        Trigger::Qmp => resize_and_wait(vm, target, timeout)?,
+        Trigger::Sysfs { path } => {
+            let path = match partition {
+                Some(p) => path.replace("{partition}", &p.to_string()),
+                None => path.clone(),
+            };
+            let start = Instant::now();
+            vm.write_file(&path, "1")?;
+            vm.wait_plugged(target, timeout)?;
+            let took = start.elapsed();
+            // Keep the device's target in line with what the guest gave back.
+            vm.set_requested_size(target)?;
+            took
+        }
+    };
+    let stat_after = vm.read_file("/proc/stat")?;
+    let cpu = busy_ticks(&stat_before)
+        .zip(busy_ticks(&stat_after))
+        .map(|(a, b)| b.saturating_sub(a) as f64 / USER_HZ * 1000.0);
+    Ok((took, cpu))
+}
+
+/// Stops an instance and gives its memory back.
+pub fn scale_down(vm: &mut Vm, opts: &ScaleDownOptions) -> Result<ScaleDownReport, VmError> {
+    let start = Instant::now();
+    let parts = partitions(vm)?;
+    let hotmem = parts.enabled;
+    let stopped = Instant::now();
+    let instance: Instance = vm.agent_call(
+        Op::StopInstance(StopInstanceArgs {
+            instance: opts.instance,
+            grace_ms: u64::try_from(opts.grace.as_millis()).unwrap_or(u64::MAX),
+        }),
+        Some(opts.grace + Duration::from_secs(60)),
+    )?;
+    let stop_ms = ms(stopped.elapsed());
+    let unit = if hotmem {
+        parts.partition_size
+    } else {
+        opts.vanilla_unit
+    };
+    let (mut reclaim_ms, mut cpu, mut unplugged_bytes, mut trigger) = (None, None, 0, None);
+    if !opts.keep_plugged {
+        let (took, busy) = reclaim(vm, unit, &opts.trigger, instance.partition, opts.timeout)?;
+        reclaim_ms = Some(ms(took));
+        cpu = busy;
+        unplugged_bytes = unit;
+        trigger = Some(opts.trigger.clone());
+    }
+    Ok(ScaleDownReport {
+        mode: if hotmem { "hotmem" } else { "vanilla" },
+        instance,
+        stop_ms,
+        unplugged_bytes,
+        reclaim_ms,
+        reclaim_guest_cpu_ms: cpu,
+        trigger,
+        total_ms: ms(start.elapsed()),
+        memory: guest_memory(vm)?,
+    })
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+}
+
+/// Human rendering of a scale-up.
+pub fn render_up(r: &ScaleUpReport) -> String {
+    format!(
+        "instance {} ({}) started on partition {}: plug {} ms ({}), ready {} ms, start {:.1} ms, total {:.1} ms\n\
+         plugged {}, MemFree {} kB, HotMemFree {} kB\n",
+        r.instance.instance,
+        r.mode,
+        r.instance
+            .partition
+            .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        opt_ms(r.plug_ms),
+        HumanSize(r.plugged_bytes),
+        opt_ms(r.online_ms),
+        r.start_ms,
+        r.total_ms,
+        HumanSize(r.memory.plugged),
+        r.memory.mem_free_kib,
+        r.memory.hotmem_free_kib
+    )
+}
+
+/// Human rendering of a scale-down.
+pub fn render_down(r: &ScaleDownReport) -> String {
+    format!(
+        "instance {} ({}) stopped in {:.1} ms; reclaimed {} in {} ms (guest CPU {} ms), total {:.1} ms\n\
+         plugged {}, MemFree {} kB\n",
+        r.instance.instance,
+        r.mode,
+        r.stop_ms,
+        HumanSize(r.unplugged_bytes),
+        opt_ms(r.reclaim_ms),
+        opt_ms(r.reclaim_guest_cpu_ms),
+        r.total_ms,
+        HumanSize(r.memory.plugged),
+        r.memory.mem_free_kib
+    )
+}
+
+/// Human rendering of the instance list.
+pub fn render_instances(list: &InstanceList) -> String {
+    let mut out = format!(
+        "{:>4} {:>6} {:>9} {:>8} {:>12} {:>12} {:>12}  {}\n",
+        "id", "pid", "partition", "state", "memcg", "part used", "rss", "command"
+    );
+    let size = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |b| HumanSize(b).to_string());
+    for i in &list.instances {
+        out.push_str(&format!(
+            "{:>4} {:>6} {:>9} {:>8} {:>12} {:>12} {:>12}  {}\n",
+            i.instance,
+            i.pid,
+            i.partition
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            format!("{:?}", i.state).to_lowercase(),
+            size(i.memory_current),
+            size(i.partition_used),
+            size(i.rss),
+            i.argv.join(" ")
+        ));
+    }
+    out
+}
+
+/// Counts partitions by state, e.g. `{"bound": 2, "free": 1}`.
+pub fn partition_states(parts: &PartitionsResult) -> BTreeMap<String, u64> {
+    let mut states = BTreeMap::new();
+    for p in &parts.partitions {
+        *states.entry(p.state.clone()).or_insert(0) += 1;
+    }
+    states
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_ticks_sums_non_idle_fields() {
+        let stat = "cpu  10 1 5 1000 7 2 3 4 0 0\ncpu0 5 0 2 500 3 1 1 2 0 0\n";
+        assert_eq!(busy_ticks(stat), Some(10 + 1 + 5 + 2 + 3 + 4));
+        assert_eq!(busy_ticks("intr 1 2 3\n"), None);
+        assert_eq!(busy_ticks("cpu  1 2\n"), None);
+    }
+
+    #[test]
+    fn trigger_serializes_with_kind() {
+        let t = Trigger::Sysfs {
+            path: "/sys/x/{partition}".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            serde_json::json!({"kind": "sysfs", "path": "/sys/x/{partition}"})
+        );
+        assert_eq!(
+            serde_json::to_value(Trigger::Qmp).unwrap(),
+            serde_json::json!({"kind": "qmp"})
+        );
+    }
+}
