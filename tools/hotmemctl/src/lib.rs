@@ -26,6 +26,7 @@ pub mod demo;
 pub mod meminfo;
 pub mod qmp;
 pub mod scale;
+pub mod scenario;
 pub mod size;
 pub mod vm;
 

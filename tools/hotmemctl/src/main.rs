@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use hotmem_proto::{EventList, EventsArgs, Op};
 use hotmemctl::demo::{render_table, run_demo};
 use hotmemctl::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
+use hotmemctl::scenario::{self, ScenarioParams};
 use hotmemctl::{parse_size, Accel, ExecOutput, HumanSize, ShutdownMethod, Vm, VmConfig, VmError};
 use serde::Serialize;
 
@@ -143,8 +144,23 @@ enum Cmd {
         #[command(flatten)]
         session: SessionArgs,
     },
-    /// Boot, plug and unplug 1 GiB with the vanilla driver, with timings.
+    /// Scale function instances up and down on a HotMem guest, then on a
+    /// vanilla virtio-mem guest; print a table per step and the ratios.
     Demo {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Run directory [default: a fresh directory under $TMPDIR].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Number of function instances.
+        #[arg(long, default_value_t = 4)]
+        instances: usize,
+        /// Memory each instance allocates and touches.
+        #[arg(long, value_parser = parse_size, default_value = "96M")]
+        instance_mem: u64,
+    },
+    /// Boot, plug and unplug 1 GiB with the vanilla driver, with timings.
+    PlugDemo {
         #[command(flatten)]
         vm: VmArgs,
         /// Run directory [default: a fresh directory under $TMPDIR].
@@ -403,7 +419,22 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo { vm, dir } => {
+        Cmd::Demo {
+            vm,
+            dir,
+            instances,
+            instance_mem,
+        } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("hotmem-demo-{}", std::process::id()))
+            });
+            let params = ScenarioParams {
+                instances,
+                instance_mem,
+            };
+            scale_demo(&vm.config(&dir), params, json)
+        }
+        Cmd::PlugDemo { vm, dir } => {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("hotmem-demo-{}", std::process::id()))
             });
@@ -564,6 +595,19 @@ fn down(dir: &Path, json: bool) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn scale_demo(cfg: &VmConfig, params: ScenarioParams, json: bool) -> Result<ExitCode, CliError> {
+    eprintln!("run dir: {}", cfg.run_dir.display());
+    let started = Instant::now();
+    let report = scenario::run_side_by_side(cfg, params, &mut |msg| {
+        eprintln!("[{:6.1} s] {msg}", started.elapsed().as_secs_f64());
+    })?;
+    let out = cfg.run_dir.join("demo.json");
+    scenario::write_json(&out, &report)?;
+    emit(json, &report, scenario::render_side_by_side)?;
+    eprintln!("results: {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn demo(cfg: &VmConfig, json: bool) -> Result<ExitCode, CliError> {
     eprintln!("run dir: {}", cfg.run_dir.display());
     let report = run_demo(cfg, &mut |msg| eprintln!("{msg}"))?;
@@ -598,7 +642,7 @@ mod tests {
             "/tmp/d",
         ])
         .unwrap();
-        let Cmd::Demo { vm, dir } = cli.command else {
+        let Cmd::Demo { vm, dir, .. } = cli.command else {
             panic!("not demo");
         };
         let cfg = vm.config(&dir.unwrap());

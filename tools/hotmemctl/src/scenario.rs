@@ -1,0 +1,523 @@
+//! The scale-up / scale-down scenario behind `make demo`, run once on a
+//! HotMem guest and once on a vanilla virtio-mem guest, side by side.
+//!
+//! Per guest: boot, load the C virtio-mem driver (big-block mode, 128 MiB
+//! device blocks), scale up `instances` memhog instances one after the
+//! other (each plugs one unit and starts), wait until every instance has
+//! touched its memory, then scale them down one by one (stop + unplug one
+//! unit over QMP). HotMem guests (`hotmem=on`) online the plugged blocks
+//! into HotMem and bind each instance to a partition; vanilla guests
+//! (`hotmem=off`) online them to ZONE_MOVABLE and start instances unbound,
+//! so the unplug has to migrate the other instances' pages.
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{Accel, VmConfig};
+use crate::demo::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
+use crate::scale::{self, ScaleDownOptions, ScaleUpOptions};
+use crate::size::HumanSize;
+use crate::vm::{Vm, VmError, VmErrorKind};
+
+const MIB: u64 = 1 << 20;
+/// Device block size = memory block = partition: big-block mode.
+pub const UNIT: u64 = 128 * MIB;
+/// Limit for instances to touch their memory.
+const TOUCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Which kind of guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `hotmem=on`: partitions, bound instances, fast unplug.
+    Hotmem,
+    /// `hotmem=off`: ZONE_MOVABLE, unbound instances, migrating unplug.
+    Vanilla,
+}
+
+impl Mode {
+    /// Display name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Hotmem => "HotMem",
+            Mode::Vanilla => "vanilla virtio-mem",
+        }
+    }
+
+    fn dir_name(self) -> &'static str {
+        match self {
+            Mode::Hotmem => "hotmem",
+            Mode::Vanilla => "vanilla",
+        }
+    }
+}
+
+/// Boots a guest of `mode` in `base.run_dir/<mode>` with `vmem_size` of
+/// virtio-mem region and the C driver loaded.
+pub fn boot_guest(base: &VmConfig, mode: Mode, vmem_size: u64) -> Result<Vm, VmError> {
+    let mut cfg = base.clone();
+    cfg.run_dir = base.run_dir.join(mode.dir_name());
+    cfg.vmem_block_size = UNIT;
+    cfg.vmem_size = vmem_size.div_ceil(UNIT).max(1) * UNIT;
+    cfg.vmem_requested = 0;
+    let extra = match mode {
+        Mode::Hotmem => format!("hotmem=on hotmem_partition_size={}M", UNIT / MIB),
+        Mode::Vanilla => "hotmem=off".to_owned(),
+    };
+    cfg.append = format!("{} {extra}", base.append).trim().to_owned();
+    let mut vm = Vm::boot(&cfg)?;
+    vm.set_command_timeout(Duration::from_secs(300));
+    if mode == Mode::Vanilla {
+        vm.write_file(AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY)?;
+    }
+    vm.exec_ok(&["modprobe", "virtio_mem"])?;
+    Ok(vm)
+}
+
+/// One row of the demo table.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    /// `scale-up` or `scale-down`.
+    pub step: &'static str,
+    /// Instance id.
+    pub instance: u64,
+    /// Its partition (HotMem only).
+    pub partition: Option<u64>,
+    /// Plug latency (QMP requested-size until size), ms.
+    pub plug_ms: Option<f64>,
+    /// Until a partition was free (onlining included), ms.
+    pub ready_ms: Option<f64>,
+    /// Start (scale-up) or stop (scale-down) of the instance, ms.
+    pub instance_ms: f64,
+    /// Reclaim latency (QMP requested-size until size), ms.
+    pub reclaim_ms: Option<f64>,
+    /// Guest CPU time during the reclaim, ms.
+    pub guest_cpu_ms: Option<f64>,
+    /// Plugged size afterwards, bytes.
+    pub plugged: u64,
+    /// Guest MemFree afterwards, kB.
+    pub mem_free_kib: u64,
+    /// Guest HotMemFree afterwards, kB.
+    pub hotmem_free_kib: u64,
+}
+
+/// One guest's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// Kind of guest.
+    pub mode: Mode,
+    /// Guest kernel.
+    pub kernel_release: String,
+    /// Boot (and driver load) time, ms.
+    pub boot_ms: f64,
+    /// How long the instances took to touch their memory, ms.
+    pub touch_ms: f64,
+    /// Every step.
+    pub rows: Vec<StepRow>,
+}
+
+impl ScenarioReport {
+    fn mean(&self, step: &str, f: impl Fn(&StepRow) -> Option<f64>) -> Option<f64> {
+        let v: Vec<f64> = self
+            .rows
+            .iter()
+            .filter(|r| r.step == step)
+            .filter_map(f)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+
+    /// Mean plug latency of the scale-ups, ms.
+    pub fn mean_plug_ms(&self) -> Option<f64> {
+        self.mean("scale-up", |r| r.plug_ms)
+    }
+
+    /// Mean reclaim latency of the scale-downs, ms.
+    pub fn mean_reclaim_ms(&self) -> Option<f64> {
+        self.mean("scale-down", |r| r.reclaim_ms)
+    }
+
+    /// Mean guest CPU time per reclaim, ms.
+    pub fn mean_reclaim_cpu_ms(&self) -> Option<f64> {
+        self.mean("scale-down", |r| r.guest_cpu_ms)
+    }
+
+    /// Mean scale-up time (plug + ready + start), ms.
+    pub fn mean_scale_up_ms(&self) -> Option<f64> {
+        self.mean("scale-up", |r| {
+            Some(r.plug_ms.unwrap_or(0.0) + r.ready_ms.unwrap_or(0.0) + r.instance_ms)
+        })
+    }
+}
+
+/// Scenario parameters.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ScenarioParams {
+    /// Number of instances.
+    pub instances: usize,
+    /// Memory each instance allocates and touches (memhog `--size`).
+    pub instance_mem: u64,
+}
+
+/// Polls until every running instance has at least `bytes` resident.
+pub fn wait_touched(vm: &mut Vm, bytes: u64) -> Result<Duration, VmError> {
+    let start = Instant::now();
+    loop {
+        let list = scale::list_instances(vm)?;
+        if let Some(dead) = list
+            .instances
+            .iter()
+            .find(|i| i.state != hotmem_proto::InstanceState::Running)
+        {
+            return Err(VmError::from_kind(VmErrorKind::Scale(format!(
+                "instance {} ({}) exited early: {:?}",
+                dead.instance,
+                dead.argv.join(" "),
+                dead.exit
+            ))));
+        }
+        if list.instances.iter().all(|i| i.rss.unwrap_or(0) >= bytes) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > TOUCH_TIMEOUT {
+            return Err(VmError::from_kind(VmErrorKind::Timeout {
+                what: format!("instances to touch {}", HumanSize(bytes)),
+                timeout: TOUCH_TIMEOUT,
+            }));
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The memhog command line of an instance that holds `bytes` "forever".
+pub fn memhog_argv(bytes: u64) -> Vec<String> {
+    vec![
+        "hotmem-memhog".into(),
+        "--size".into(),
+        format!("{}K", bytes / 1024),
+        "--hold-ms".into(),
+        "86400000".into(),
+    ]
+}
+
+/// Runs the scenario on one guest of `mode`.
+pub fn run_scenario(
+    base: &VmConfig,
+    mode: Mode,
+    params: ScenarioParams,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ScenarioReport, VmError> {
+    progress(&format!(
+        "[{}] booting guest ({})...",
+        mode.label(),
+        base.accel
+    ));
+    let booted = Instant::now();
+    let mut vm = boot_guest(base, mode, params.instances as u64 * UNIT)?;
+    let boot_ms = booted.elapsed().as_secs_f64() * 1000.0;
+    let kernel_release = vm
+        .boot_hello()
+        .map(|h| h.kernel_release.clone())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..params.instances {
+        progress(&format!(
+            "[{}] scale-up {}/{}: memhog {}",
+            mode.label(),
+            i + 1,
+            params.instances,
+            HumanSize(params.instance_mem)
+        ));
+        let mut opts = ScaleUpOptions::new(memhog_argv(params.instance_mem));
+        opts.memory_limit = Some(UNIT);
+        opts.vanilla_unit = UNIT;
+        let r = scale::scale_up(&mut vm, &opts)?;
+        ids.push(r.instance.instance);
+        rows.push(StepRow {
+            step: "scale-up",
+            instance: r.instance.instance,
+            partition: r.instance.partition,
+            plug_ms: r.plug_ms,
+            ready_ms: r.online_ms,
+            instance_ms: r.start_ms,
+            reclaim_ms: None,
+            guest_cpu_ms: None,
+            plugged: r.memory.plugged,
+            mem_free_kib: r.memory.mem_free_kib,
+            hotmem_free_kib: r.memory.hotmem_free_kib,
+        });
+    }
+    progress(&format!(
+        "[{}] waiting for the instances to touch their memory...",
+        mode.label()
+    ));
+    let touch_ms = wait_touched(&mut vm, params.instance_mem * 9 / 10)?.as_secs_f64() * 1000.0;
+    for (n, id) in ids.iter().enumerate() {
+        progress(&format!(
+            "[{}] scale-down {}/{}: instance {id}",
+            mode.label(),
+            n + 1,
+            ids.len()
+        ));
+        let mut opts = ScaleDownOptions::new(*id);
+        opts.vanilla_unit = UNIT;
+        let r = scale::scale_down(&mut vm, &opts)?;
+        rows.push(StepRow {
+            step: "scale-down",
+            instance: *id,
+            partition: r.instance.partition,
+            plug_ms: None,
+            ready_ms: None,
+            instance_ms: r.stop_ms,
+            reclaim_ms: r.reclaim_ms,
+            guest_cpu_ms: r.reclaim_guest_cpu_ms,
+            plugged: r.memory.plugged,
+            mem_free_kib: r.memory.mem_free_kib,
+            hotmem_free_kib: r.memory.hotmem_free_kib,
+        });
+    }
+    progress(&format!("[{}] shutting down...", mode.label()));
+    vm.shutdown()?;
+    Ok(ScenarioReport {
+        mode,
+        kernel_release,
+        boot_ms,
+        touch_ms,
+        rows,
+    })
+}
+
+/// The demo: the scenario on both kinds of guest.
+#[derive(Debug, Clone, Serialize)]
+pub struct SideBySide {
+    /// Accelerator (TCG timings are not representative of KVM).
+    pub accel: Accel,
+    /// Parameters.
+    pub params: ScenarioParams,
+    /// HotMem guest.
+    pub hotmem: ScenarioReport,
+    /// Vanilla guest.
+    pub vanilla: ScenarioReport,
+    /// vanilla / HotMem mean reclaim latency.
+    pub reclaim_ratio: Option<f64>,
+}
+
+/// Runs the demo: HotMem first, then vanilla, in `base.run_dir/{hotmem,vanilla}`.
+pub fn run_side_by_side(
+    base: &VmConfig,
+    params: ScenarioParams,
+    progress: &mut dyn FnMut(&str),
+) -> Result<SideBySide, VmError> {
+    let hotmem = run_scenario(base, Mode::Hotmem, params, progress)?;
+    let vanilla = run_scenario(base, Mode::Vanilla, params, progress)?;
+    let reclaim_ratio = ratio(vanilla.mean_reclaim_ms(), hotmem.mean_reclaim_ms());
+    Ok(SideBySide {
+        accel: base.accel,
+        params,
+        hotmem,
+        vanilla,
+        reclaim_ratio,
+    })
+}
+
+/// `a / b` when both are known and `b > 0`.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+}
+
+/// One guest's table.
+pub fn render_scenario(r: &ScenarioReport) -> String {
+    let mut out = format!(
+        "== {} (kernel {}, boot {:.1} s, instances touched their memory in {:.1} s) ==\n",
+        r.mode.label(),
+        r.kernel_release,
+        r.boot_ms / 1000.0,
+        r.touch_ms / 1000.0
+    );
+    out.push_str(&format!(
+        "{:<10} {:>4} {:>4} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10}\n",
+        "step",
+        "inst",
+        "part",
+        "plug ms",
+        "ready ms",
+        "start/stop",
+        "reclaim ms",
+        "CPU ms",
+        "plugged",
+        "MemFree",
+        "HotMemFree"
+    ));
+    for row in &r.rows {
+        out.push_str(&format!(
+            "{:<10} {:>4} {:>4} {:>9} {:>9} {:>10.1} {:>10} {:>8} {:>5} MiB {:>5} MiB {:>6} MiB\n",
+            row.step,
+            row.instance,
+            row.partition
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            cell(row.plug_ms),
+            cell(row.ready_ms),
+            row.instance_ms,
+            cell(row.reclaim_ms),
+            cell(row.guest_cpu_ms),
+            row.plugged / MIB,
+            row.mem_free_kib / 1024,
+            row.hotmem_free_kib / 1024
+        ));
+    }
+    out
+}
+
+/// The whole demo output: both tables and the comparison.
+pub fn render_side_by_side(r: &SideBySide) -> String {
+    let mut out = render_scenario(&r.hotmem);
+    out.push('\n');
+    out.push_str(&render_scenario(&r.vanilla));
+    out.push_str(&format!(
+        "\n== side by side ({} instances of {} memhog, {} per instance) ==\n",
+        r.params.instances,
+        HumanSize(r.params.instance_mem),
+        HumanSize(UNIT)
+    ));
+    out.push_str(&format!(
+        "{:<34} {:>10} {:>10} {:>16}\n",
+        "mean per instance", "HotMem", "vanilla", "vanilla/HotMem"
+    ));
+    let line = |name: &str, h: Option<f64>, v: Option<f64>| {
+        format!(
+            "{:<34} {:>10} {:>10} {:>16}\n",
+            name,
+            cell(h),
+            cell(v),
+            ratio(v, h).map_or_else(|| "-".to_owned(), |x| format!("{x:.1}x"))
+        )
+    };
+    out.push_str(&line(
+        "reclaim latency (ms)",
+        r.hotmem.mean_reclaim_ms(),
+        r.vanilla.mean_reclaim_ms(),
+    ));
+    out.push_str(&line(
+        "guest CPU during reclaim (ms)",
+        r.hotmem.mean_reclaim_cpu_ms(),
+        r.vanilla.mean_reclaim_cpu_ms(),
+    ));
+    out.push_str(&line(
+        "plug latency (ms)",
+        r.hotmem.mean_plug_ms(),
+        r.vanilla.mean_plug_ms(),
+    ));
+    out.push_str(&line(
+        "scale-up, plug to running (ms)",
+        r.hotmem.mean_scale_up_ms(),
+        r.vanilla.mean_scale_up_ms(),
+    ));
+    if let Some(x) = r.reclaim_ratio {
+        out.push_str(&format!(
+            "HotMem reclaims an instance's memory {x:.1}x faster than vanilla virtio-mem.\n"
+        ));
+    }
+    if r.accel == Accel::Tcg {
+        out.push_str(
+            "note: the guests run under TCG (software emulation): absolute times are not \
+             representative of KVM; compare the ratios.\n",
+        );
+    }
+    out
+}
+
+/// Writes `value` as pretty JSON to `path`, creating its directory.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), VmError> {
+    let io = |source| {
+        VmError::from_kind(VmErrorKind::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    std::fs::write(path, text + "\n").map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(step: &'static str, plug: Option<f64>, reclaim: Option<f64>) -> StepRow {
+        StepRow {
+            step,
+            instance: 1,
+            partition: Some(8),
+            plug_ms: plug,
+            ready_ms: Some(2.0),
+            instance_ms: 3.0,
+            reclaim_ms: reclaim,
+            guest_cpu_ms: reclaim.map(|_| 10.0),
+            plugged: UNIT,
+            mem_free_kib: 900 * 1024,
+            hotmem_free_kib: 0,
+        }
+    }
+
+    fn report(mode: Mode, reclaims: &[f64]) -> ScenarioReport {
+        let mut rows = vec![row("scale-up", Some(4.0), None)];
+        rows.extend(reclaims.iter().map(|&r| row("scale-down", None, Some(r))));
+        ScenarioReport {
+            mode,
+            kernel_release: "6.12".into(),
+            boot_ms: 5000.0,
+            touch_ms: 1000.0,
+            rows,
+        }
+    }
+
+    #[test]
+    fn means_and_ratio() {
+        let h = report(Mode::Hotmem, &[10.0, 30.0]);
+        let v = report(Mode::Vanilla, &[200.0, 400.0]);
+        assert_eq!(h.mean_reclaim_ms(), Some(20.0));
+        assert_eq!(h.mean_plug_ms(), Some(4.0));
+        assert_eq!(h.mean_scale_up_ms(), Some(9.0));
+        assert_eq!(ratio(v.mean_reclaim_ms(), h.mean_reclaim_ms()), Some(15.0));
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(report(Mode::Hotmem, &[]).mean_reclaim_ms(), None);
+    }
+
+    #[test]
+    fn side_by_side_table() {
+        let r = SideBySide {
+            accel: Accel::Tcg,
+            params: ScenarioParams {
+                instances: 2,
+                instance_mem: 96 * MIB,
+            },
+            hotmem: report(Mode::Hotmem, &[10.0, 30.0]),
+            vanilla: report(Mode::Vanilla, &[200.0, 400.0]),
+            reclaim_ratio: Some(15.0),
+        };
+        let text = render_side_by_side(&r);
+        assert!(text.contains("== HotMem"), "{text}");
+        assert!(text.contains("== vanilla virtio-mem"), "{text}");
+        assert!(text.contains("reclaim latency (ms)"), "{text}");
+        assert!(text.contains("15.0x"), "{text}");
+        assert!(text.contains("TCG"), "{text}");
+        assert_eq!(text.matches("scale-down").count(), 4, "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["hotmem"]["mode"], "hotmem");
+        assert_eq!(json["vanilla"]["rows"][1]["reclaim_ms"], 200.0);
+    }
+}
