@@ -20,7 +20,7 @@ ACCEL		?= tcg
 
 export BUILD
 
-.PHONY: all deps kernel module guest-programs hotmemctl initramfs guest check demo \
+.PHONY: all deps kernel module guest-programs hotmemctl initramfs guest check demo bench \
 	lint clean distclean help
 
 all: guest hotmemctl
@@ -31,7 +31,8 @@ help:
 	@echo "make module     build the out-of-tree Rust module in rust/"
 	@echo "make initramfs  busybox + guest agent + modules + in-guest tests"
 	@echo "make check      unit tests, lints and VM tests (what CI runs)"
-	@echo "make demo       boot a guest and plug/unplug memory, with timings"
+	@echo "make demo       scale instances up/down on HotMem and vanilla guests, side by side"
+	@echo "make bench      the paper's experiments, HotMem vs vanilla (BENCH_FLAGS=--quick)"
 	@echo "ACCEL=kvm       use KVM instead of TCG where KVM works"
 
 deps:
@@ -52,7 +53,7 @@ module: kernel
 # scripts.
 guest-programs:
 	@RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --quiet --release \
-		--target $(HOST_TRIPLE) -p hotmem-agent -p hotmem-run -p hotmem-memhog \
+		--target $(HOST_TRIPLE) -p hotmem-agent -p hotmem-run -p hotmem-memhog -p hotmem-splice \
 		-p hotmem-filework
 
 hotmemctl:
@@ -74,9 +75,17 @@ demo: deps guest hotmemctl
 	@$(HOTMEMCTL) demo --kernel $(GUEST)/bzImage --initrd $(GUEST)/initramfs.cpio.gz \
 		--accel $(ACCEL) --dir $(BUILD)/demo
 
+# Extra flags for `make bench`, e.g. BENCH_FLAGS=--quick or
+# BENCH_FLAGS="--only fig5,compare".
+BENCH_FLAGS	?=
+
+bench: deps guest hotmemctl
+	@$(HOTMEMCTL) bench --kernel $(GUEST)/bzImage --initrd $(GUEST)/initramfs.cpio.gz \
+		--accel $(ACCEL) --dir $(BUILD)/bench/run --out $(BUILD)/bench $(BENCH_FLAGS)
+
 clean:
 	-@$(KMAKE) M=$(CURDIR) clean >/dev/null 2>&1
-	rm -rf $(GUEST) $(BUILD)/vmtests $(BUILD)/demo
+	rm -rf $(GUEST) $(BUILD)/vmtests $(BUILD)/demo $(BUILD)/bench
 
 distclean:
 	rm -rf $(BUILD) target

@@ -7,6 +7,9 @@
 # across clean clones.
 #
 #   scripts/kmake.sh [make args...]     runs in build/linux with O=build/linux-obj
+#
+# Runs of this script are serialised on build/.kmake.lock: two makes in one
+# object tree at once corrupt it (several people or agents share build/).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +29,13 @@ fi
 export KBUILD_BUILD_TIMESTAMP="${KBUILD_BUILD_TIMESTAMP:-Thu Jan  1 00:00:00 UTC 2026}"
 export KBUILD_BUILD_USER=hotmem
 export KBUILD_BUILD_HOST=hotmem
+
+mkdir -p "$build"
+exec 9>"$build/.kmake.lock"
+if ! flock -n 9; then
+	echo "kmake: waiting for another kernel build in $build to finish" >&2
+	flock 9
+fi
 
 exec make -C "$build/linux" O="$build/linux-obj" LLVM=1 \
 	CC="$cc" HOSTCC="$cc" \

@@ -193,3 +193,30 @@ fn hotmem_bind_route_oom_and_lifetime() {
     );
     vm.shutdown().or_panic("shutdown");
 }
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_draining_partition_slow_offline() {
+    let mut vm = Vm::boot(&hotmem_config(
+        "hotmem_draining_partition_slow_offline",
+        true,
+    ))
+    .or_panic("booting a hotmem=on guest");
+    vm.set_command_timeout(Duration::from_secs(300));
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(&mut vm, PARTITION);
+    guest_tap(&mut vm, "hotmem_online.sh", &["1"]);
+    let report = guest_tap(&mut vm, "hotmem_drain.sh", &[]);
+    eprintln!("{report}");
+
+    // The pipe is gone: the partition unplugs on the fast path.
+    let fast_before = vmstat(&mut vm, "hotmem_offline_fast");
+    plug(&mut vm, 0);
+    assert_eq!(
+        vmstat(&mut vm, "hotmem_offline_fast") - fast_before,
+        PARTITION / BLOCK
+    );
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    vm.shutdown().or_panic("shutdown");
+}

@@ -1,0 +1,129 @@
+//! `hotmem-splice --size 256K [--fill BYTE] FIFO`
+//!
+//! Maps private anonymous memory, fills it with a pattern and vmsplice()s
+//! it, without `SPLICE_F_GIFT`, into the pipe `FIFO` (opened for writing;
+//! some other process must hold it open for reading). The pipe then
+//! references the pages themselves, not a copy, so when this process exits
+//! its pages stay in use until the pipe is read or closed. Run bound to a
+//! HotMem partition, it leaves that partition DRAINING: the case the slow
+//! offline path exists for. The pipe is resized to hold all of `--size`.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+const PAGE: usize = 4096;
+
+/// Leave anonymous pages referenced by a pipe.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Bytes to splice, a multiple of 4 KiB (suffixes K and M).
+    #[arg(long, value_parser = parse_size, default_value = "256K")]
+    size: usize,
+    /// Byte to fill the memory with (decimal or 0x-prefixed hex).
+    #[arg(long, value_parser = parse_byte, default_value = "0xa5")]
+    fill: u8,
+    /// The named pipe to splice into.
+    fifo: std::path::PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("opening {0}: {1}")]
+    Open(String, std::io::Error),
+    #[error("F_SETPIPE_SZ to {0} bytes: {1}")]
+    PipeSize(usize, std::io::Error),
+    #[error("mmap of {0} bytes: {1}")]
+    Mmap(usize, std::io::Error),
+    #[error("vmsplice: {0}")]
+    Vmsplice(std::io::Error),
+    #[error("vmsplice took {0} of {1} bytes")]
+    Short(usize, usize),
+}
+
+fn parse_byte(s: &str) -> Result<u8, String> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("bad byte {s:?}: {e}"))
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, shift) = match s.to_ascii_uppercase().strip_suffix('K') {
+        Some(n) => (n.to_owned(), 10),
+        None => match s.to_ascii_uppercase().strip_suffix('M') {
+            Some(n) => (n.to_owned(), 20),
+            None => (s.to_owned(), 0),
+        },
+    };
+    let n: usize = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
+    n.checked_mul(1 << shift)
+        .filter(|b| *b > 0 && b % PAGE == 0)
+        .ok_or_else(|| format!("bad size {s:?}: must be a positive multiple of 4K"))
+}
+
+#[allow(unsafe_code)]
+fn splice(args: &Args) -> Result<(), Error> {
+    let fifo = OpenOptions::new()
+        .write(true)
+        .open(&args.fifo)
+        .map_err(|e| Error::Open(args.fifo.display().to_string(), e))?;
+    let fd = fifo.as_raw_fd();
+    let size = libc::c_int::try_from(args.size).map_err(|_| {
+        Error::PipeSize(args.size, std::io::Error::from_raw_os_error(libc::EINVAL))
+    })?;
+    // SAFETY: fcntl on a file descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) } < 0 {
+        return Err(Error::PipeSize(args.size, std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh private anonymous mapping; no existing memory is
+    // affected. It is deliberately never unmapped: the process exits.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            args.size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(Error::Mmap(args.size, std::io::Error::last_os_error()));
+    }
+    // SAFETY: ptr is a writable mapping of args.size bytes, owned by us.
+    unsafe { std::ptr::write_bytes(ptr.cast::<u8>(), args.fill, args.size) };
+    let iov = libc::iovec {
+        iov_base: ptr,
+        iov_len: args.size,
+    };
+    // SAFETY: iov describes our mapping; vmsplice only reads it. Without
+    // SPLICE_F_GIFT the pipe takes references to the pages.
+    let n = unsafe { libc::vmsplice(fd, &iov, 1, 0) };
+    if n < 0 {
+        return Err(Error::Vmsplice(std::io::Error::last_os_error()));
+    }
+    let n = n.unsigned_abs();
+    if n != args.size {
+        return Err(Error::Short(n, args.size));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match splice(&args) {
+        Ok(()) => {
+            println!("spliced={} fill=0x{:02x}", args.size, args.fill);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hotmem-splice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
