@@ -73,9 +73,8 @@ fn splice(args: &Args) -> Result<(), Error> {
         .open(&args.fifo)
         .map_err(|e| Error::Open(args.fifo.display().to_string(), e))?;
     let fd = fifo.as_raw_fd();
-    let size = libc::c_int::try_from(args.size).map_err(|_| {
-        Error::PipeSize(args.size, std::io::Error::from_raw_os_error(libc::EINVAL))
-    })?;
+    let size = libc::c_int::try_from(args.size)
+        .map_err(|_| Error::PipeSize(args.size, std::io::Error::from_raw_os_error(libc::EINVAL)))?;
     // SAFETY: fcntl on a file descriptor we own, with an integer argument.
     if unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) } < 0 {
         return Err(Error::PipeSize(args.size, std::io::Error::last_os_error()));
