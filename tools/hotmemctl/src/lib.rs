@@ -20,10 +20,12 @@
 //! ```
 
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod console;
 pub mod demo;
 pub mod meminfo;
+pub mod plot;
 pub mod qmp;
 pub mod scale;
 pub mod scenario;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use hotmem_proto::{EventList, EventsArgs, Op};
+use hotmemctl::bench::BenchOptions;
 use hotmemctl::demo::{render_table, run_demo};
 use hotmemctl::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
 use hotmemctl::scenario::{self, ScenarioParams};
@@ -158,6 +159,25 @@ enum Cmd {
         /// Memory each instance allocates and touches.
         #[arg(long, value_parser = parse_size, default_value = "96M")]
         instance_mem: u64,
+    },
+    /// The paper's experiments (Fig. 5, 6, 7, 9 and a 1 GiB comparison),
+    /// HotMem side by side with vanilla virtio-mem: JSON, SVG plots and a
+    /// summary table with ratios.
+    Bench {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Base run directory of the guests.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where bench.json and the plots go.
+        #[arg(long, default_value = "build/bench")]
+        out: PathBuf,
+        /// Fewer sizes and levels (a few minutes under TCG).
+        #[arg(long)]
+        quick: bool,
+        /// Only these experiments (comma-separated: fig5,fig6,fig7,fig9,compare).
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(hotmemctl::bench::EXPERIMENTS))]
+        only: Vec<String>,
     },
     /// Boot, plug and unplug 1 GiB with the vanilla driver, with timings.
     PlugDemo {
@@ -434,6 +454,21 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             scale_demo(&vm.config(&dir), params, json)
         }
+        Cmd::Bench {
+            vm,
+            dir,
+            out,
+            quick,
+            only,
+        } => {
+            let opts = BenchOptions {
+                base: vm.config(&dir),
+                out,
+                quick,
+                only,
+            };
+            bench(&opts, json)
+        }
         Cmd::PlugDemo { vm, dir } => {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("hotmem-demo-{}", std::process::id()))
@@ -605,6 +640,22 @@ fn scale_demo(cfg: &VmConfig, params: ScenarioParams, json: bool) -> Result<Exit
     scenario::write_json(&out, &report)?;
     emit(json, &report, scenario::render_side_by_side)?;
     eprintln!("results: {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(opts: &BenchOptions, json: bool) -> Result<ExitCode, CliError> {
+    if opts.base.accel == Accel::Tcg {
+        eprintln!("note: guests run under TCG (software emulation); compare the ratios");
+    }
+    let started = Instant::now();
+    let report = hotmemctl::bench::run_bench(opts, &mut |msg| {
+        eprintln!("[{:6.1} s] {msg}", started.elapsed().as_secs_f64());
+    })?;
+    let files = hotmemctl::bench::write_outputs(&report, &opts.out)?;
+    emit(json, &report, hotmemctl::bench::render_summary)?;
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -249,7 +249,8 @@ pub fn scale_up(vm: &mut Vm, opts: &ScaleUpOptions) -> Result<ScaleUpReport, VmE
         let waited = Instant::now();
         let ready: PartitionsResult = vm.agent_call(
             Op::WaitFreePartitions(WaitFreePartitionsArgs {
-                count: 1,
+                // A fresh partition when we plugged one, else the free one.
+                count: parts.free() + u64::from(plugged_bytes > 0),
                 online: true,
                 timeout_ms,
             }),
