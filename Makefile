@@ -20,7 +20,7 @@ ACCEL		?= tcg
 
 export BUILD
 
-.PHONY: all deps kernel module guest-programs hotmemctl initramfs guest check demo bench \
+.PHONY: all deps kernel module guest-programs hotmemctl initramfs guest check check-series demo bench \
 	lint clean distclean help
 
 all: guest hotmemctl
@@ -31,6 +31,7 @@ help:
 	@echo "make module     build the out-of-tree Rust module in rust/"
 	@echo "make initramfs  busybox + guest agent + modules + in-guest tests"
 	@echo "make check      unit tests, lints and VM tests (what CI runs)"
+	@echo "make check-series  compile what each patch touches, patch by patch"
 	@echo "make demo       scale instances up/down on HotMem and vanilla guests, side by side"
 	@echo "make bench      the paper's experiments, HotMem vs vanilla (BENCH_FLAGS=--quick)"
 	@echo "ACCEL=kvm       use KVM instead of TCG where KVM works"
@@ -70,6 +71,9 @@ lint:
 
 check: deps
 	@scripts/check.sh
+
+check-series: kernel
+	@scripts/check-series-compile.sh
 
 demo: deps guest hotmemctl
 	@$(HOTMEMCTL) demo --kernel $(GUEST)/bzImage --initrd $(GUEST)/initramfs.cpio.gz \

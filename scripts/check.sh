@@ -59,6 +59,7 @@ step "clippy" cargo clippy --quiet --workspace --all-targets -- -D warnings
 cargo_tests "unit tests" --workspace
 
 step "guest build" make --no-print-directory guest
+step "series: every patch compiles on its own" scripts/check-series-compile.sh
 if [ -f "$build/guest/bzImage" ] && [ -f "$build/guest/initramfs.cpio.gz" ]; then
 	HOTMEM_KERNEL=$build/guest/bzImage \
 	HOTMEM_INITRD=$build/guest/initramfs.cpio.gz \
