@@ -220,3 +220,40 @@ fn hotmem_draining_partition_slow_offline() {
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
     vm.shutdown().or_panic("shutdown");
 }
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_partition_geometry_boot_and_runtime() {
+    let mut vm = Vm::boot(&hotmem_config(
+        "hotmem_partition_geometry_boot_and_runtime",
+        true,
+    ))
+    .or_panic("booting a hotmem=on guest");
+    guest_tap(&mut vm, "hotmem_geometry.sh", &["empty"]);
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(&mut vm, 2 * BLOCK);
+    // virtio_mem adds the blocks shortly after the device reports them.
+    let deadline = std::time::Instant::now() + PLUG_TIMEOUT;
+    loop {
+        let out = vm
+            .exec_ok(&[
+                "sh",
+                "-c",
+                "grep -l offline /sys/devices/system/memory/memory*/state | wc -l",
+            ])
+            .or_panic("counting offline blocks");
+        if out.stdout.trim() == "2" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    guest_tap(&mut vm, "hotmem_geometry.sh", &["plugged"]);
+    plug(&mut vm, 0);
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    vm.shutdown().or_panic("shutdown");
+}
