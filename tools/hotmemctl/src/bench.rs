@@ -232,8 +232,8 @@ impl Guest {
             0
         };
         let target = self.vm.requested_size()? + bytes;
-        self.vm.set_requested_size(target)?;
-        self.vm.wait_plugged(target, RESIZE_TIMEOUT)?;
+        let hotmem = self.hotmem();
+        scale::plug(&mut self.vm, target, hotmem, RESIZE_TIMEOUT)?;
         if self.hotmem() {
             let _: PartitionsResult = self.vm.agent_call(
                 Op::WaitFreePartitions(WaitFreePartitionsArgs {

@@ -228,6 +228,46 @@ fn resize_and_wait(vm: &mut Vm, target: u64, timeout: Duration) -> Result<Durati
     Ok(start.elapsed())
 }
 
+/// How often [`plug`] onlines blocks while the device is still plugging.
+const ONLINE_EVERY: Duration = Duration::from_millis(100);
+/// Interval of [`plug`]'s QMP polling.
+const PLUG_POLL: Duration = Duration::from_millis(10);
+
+/// Sets `requested-size` to `target` and waits until the device plugged
+/// it; returns how long that took.
+///
+/// The C virtio-mem driver stops adding memory while more than its
+/// offline threshold (1 GiB) of added memory is offline, so in a HotMem
+/// guest (`online_hotmem` true) offline blocks are onlined into HotMem
+/// every [`ONLINE_EVERY`] while the device has not reached `target`.
+pub fn plug(
+    vm: &mut Vm,
+    target: u64,
+    online_hotmem: bool,
+    timeout: Duration,
+) -> Result<Duration, VmError> {
+    let start = Instant::now();
+    vm.set_requested_size(target)?;
+    let mut last_online = Instant::now();
+    loop {
+        let plugged = vm.plugged_size()?;
+        if plugged == target {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return Err(VmError::from_kind(VmErrorKind::Timeout {
+                what: format!("virtio-mem plugged size {target} (still {plugged})"),
+                timeout,
+            }));
+        }
+        if online_hotmem && last_online.elapsed() >= ONLINE_EVERY {
+            let _: hotmem_proto::OnlineResult = vm.agent_call(Op::OnlineHotmemBlocks, None)?;
+            last_online = Instant::now();
+        }
+        std::thread::sleep(PLUG_POLL);
+    }
+}
+
 /// Starts an instance, plugging memory first if the guest needs it.
 pub fn scale_up(vm: &mut Vm, opts: &ScaleUpOptions) -> Result<ScaleUpReport, VmError> {
     let start = Instant::now();
@@ -241,7 +281,7 @@ pub fn scale_up(vm: &mut Vm, opts: &ScaleUpOptions) -> Result<ScaleUpReport, VmE
             opts.vanilla_unit
         };
         let target = vm.requested_size()? + unit;
-        plug_ms = Some(ms(resize_and_wait(vm, target, opts.timeout)?));
+        plug_ms = Some(ms(plug(vm, target, hotmem, opts.timeout)?));
         plugged_bytes = unit;
     }
     if hotmem {
