@@ -110,10 +110,14 @@ enum Cmd {
         /// trigger (see --sysfs-trigger).
         #[arg(long, value_enum, default_value_t = TriggerArg::Qmp)]
         trigger: TriggerArg,
-        /// The guest file written with `1` for `--trigger sysfs`;
-        /// `{partition}` is replaced by the instance's partition id.
+        /// The guest file written for `--trigger sysfs`; `{partition}` is
+        /// replaced by the instance's partition id.
         #[arg(long, env = "HOTMEM_SYSFS_TRIGGER", default_value = DEFAULT_SYSFS_TRIGGER)]
         sysfs_trigger: String,
+        /// What `--trigger sysfs` writes; `{partition}` is replaced by the
+        /// instance's partition id.
+        #[arg(long, default_value = "{partition}")]
+        sysfs_value: String,
         /// Stop the instance but keep its memory plugged.
         #[arg(long)]
         keep_plugged: bool,
@@ -361,6 +365,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             instance,
             trigger,
             sysfs_trigger,
+            sysfs_value,
             keep_plugged,
             unit,
             grace_ms,
@@ -371,6 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 TriggerArg::Qmp => Trigger::Qmp,
                 TriggerArg::Sysfs => Trigger::Sysfs {
                     path: sysfs_trigger,
+                    value: sysfs_value,
                 },
             };
             opts.keep_plugged = keep_plugged;

@@ -43,11 +43,14 @@ const BIND_TIMEOUT_MS: u64 = 10_000;
 pub enum Trigger {
     /// Lower the device's `requested-size` over QMP (the default).
     Qmp,
-    /// Write `1` to a guest sysfs file of the HotMem virtio-mem driver;
-    /// `{partition}` in the path is replaced by the partition id.
+    /// Write `value` to a guest sysfs file of the HotMem virtio-mem driver
+    /// (e.g. the partition id to `/sys/bus/virtio/devices/virtio1/hotmem/unplug`);
+    /// `{partition}` in either is replaced by the instance's partition id.
     Sysfs {
         /// The trigger file.
         path: String,
+        /// What to write.
+        value: String,
     },
 }
 
@@ -345,13 +348,17 @@ pub fn reclaim(
     let stat_before = vm.read_file("/proc/stat")?;
     let took = match trigger {
         Trigger::Qmp => resize_and_wait(vm, target, timeout)?,
-        Trigger::Sysfs { path } => {
-            let path = match partition {
-                Some(p) => path.replace("{partition}", &p.to_string()),
-                None => path.clone(),
+        Trigger::Sysfs { path, value } => {
+            let fill = |s: &str| match partition {
+                Some(p) => Ok(s.replace("{partition}", &p.to_string())),
+                None if s.contains("{partition}") => Err(failed(format!(
+                    "sysfs trigger {s:?} needs a partition, and the instance had none"
+                ))),
+                None => Ok(s.to_owned()),
             };
+            let (path, value) = (fill(path)?, fill(value)?);
             let start = Instant::now();
-            vm.write_file(&path, "1")?;
+            vm.write_file(&path, &value)?;
             vm.wait_plugged(target, timeout)?;
             let took = start.elapsed();
             // Keep the device's target in line with what the guest gave back.
@@ -496,11 +503,12 @@ mod tests {
     #[test]
     fn trigger_serializes_with_kind() {
         let t = Trigger::Sysfs {
-            path: "/sys/x/{partition}".into(),
+            path: "/sys/x/unplug".into(),
+            value: "{partition}".into(),
         };
         assert_eq!(
             serde_json::to_value(&t).unwrap(),
-            serde_json::json!({"kind": "sysfs", "path": "/sys/x/{partition}"})
+            serde_json::json!({"kind": "sysfs", "path": "/sys/x/unplug", "value": "{partition}"})
         );
         assert_eq!(
             serde_json::to_value(Trigger::Qmp).unwrap(),

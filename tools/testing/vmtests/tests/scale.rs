@@ -111,6 +111,7 @@ fn scale_up_down_hotmem() {
     let mut bad = ScaleDownOptions::new(up.instance.instance);
     bad.trigger = Trigger::Sysfs {
         path: "/sys/nonexistent/part{partition}/unplug".into(),
+        value: "{partition}".into(),
     };
     let err = scale::scale_down(&mut vm, &bad).unwrap_err();
     assert!(err.to_string().contains("/sys/nonexistent/part"), "{err}");
