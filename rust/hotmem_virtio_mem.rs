@@ -78,7 +78,7 @@ impl kernel::Module for HotMemVirtioMem {
 
 impl Drop for HotMemVirtioMem {
     fn drop(&mut self) {
-        pr_info!("unloaded\n");
+        pr_info!("unloading\n");
     }
 }
 
@@ -651,6 +651,7 @@ impl VmemDev {
     fn show_state(&self, out: &mut virtio::SysfsBuf<'_>) -> core::fmt::Result {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
+        self.refresh(inner);
         let requested = inner.config.requested_size;
         let usable = inner.config.usable_region_size;
         let target = self.target_bytes(inner);
@@ -669,7 +670,8 @@ impl VmemDev {
     }
 
     fn show_partitions(&self, out: &mut virtio::SysfsBuf<'_>) -> core::fmt::Result {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
+        self.refresh(&mut inner);
         for (index, state) in inner.parts.iter().enumerate() {
             if *state != PartState::Unplugged {
                 writeln!(out, "{} {}", self.part_id(index), state.name())?;
@@ -745,6 +747,12 @@ fn parse_number(input: &[u8]) -> Result<u64> {
     s.parse::<u64>().map_err(|_| EINVAL)
 }
 
+/// Whether the kernel has memory of the partition at `addr` online (a
+/// partition the kernel knows of may have no block left).
+fn is_added(addr: u64) -> bool {
+    matches!(hotmem::partition_info(addr), Ok(i) if i.state != hotmem::State::Absent && i.online_blocks > 0)
+}
+
 /// Brings the driver's view in line with the device at probe: UNPLUG_ALL
 /// if the device has memory plugged and the kernel has none of it added;
 /// otherwise (a previous instance of the driver left bound partitions
@@ -758,7 +766,7 @@ fn initial_sync(index: u32, geometry: &Geometry, inner: &mut Inner) -> Result {
     let mut adopted = false;
     for i in 0..geometry.nr_partitions() {
         let addr = geometry.partition_range(i).map_err(|_| EINVAL)?.addr;
-        if hotmem::partition_info(addr).is_ok() {
+        if is_added(addr) {
             adopted = true;
         }
     }
@@ -778,14 +786,21 @@ fn initial_sync(index: u32, geometry: &Geometry, inner: &mut Inner) -> Result {
             .map_err(|_| EINVAL)?;
         return Ok(());
     }
+    let usable = geometry.usable_partitions(inner.config.usable_region_size);
     for i in 0..geometry.nr_partitions() {
         let range = geometry.partition_range(i).map_err(|_| EINVAL)?;
+        if i >= usable {
+            // Nothing is plugged outside the usable region (and the device
+            // answers ERROR to requests about it).
+            let _ = parts_of(geometry, inner)?.apply(i, Event::StateQueried(BlockState::Unplugged));
+            continue;
+        }
         let (resp, _) = send_retry(index, inner, Request::State(range))?;
         let Response::AckState(state) = resp else {
             pr_err!("virtio{}: STATE answered {:?}; not binding\n", index, resp);
             return Err(EIO);
         };
-        let added = hotmem::partition_info(range.addr).is_ok();
+        let added = is_added(range.addr);
         let mut parts = parts_of(geometry, inner)?;
         let _ = parts.apply(i, Event::StateQueried(state));
         if added {

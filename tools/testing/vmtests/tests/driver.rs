@@ -1,0 +1,246 @@
+//! The Rust HotMem virtio-mem driver (`rust/hotmem_virtio_mem.rs`) on a
+//! real guest: plug on grow, unplug of free partitions on shrink, a bound
+//! partition kept until its instance exits, the sysfs trigger, and module
+//! removal and reload.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use hotmem_vmtests::{config, OrPanic};
+use hotmemctl::{Vm, VmConfig};
+
+const MIB: u64 = 1 << 20;
+const PARTITION: u64 = 128 * MIB;
+const PLUG_TIMEOUT: Duration = Duration::from_secs(60);
+const MODULE: &str = "hotmem_virtio_mem";
+/// The driver's sysfs directory; the virtio-mem device is the second virtio
+/// device (the first is the agent's virtio-serial).
+const SYSFS: &str = "/sys/bus/virtio/devices/virtio1/hotmem";
+
+fn driver_config(name: &str, hotmem: bool) -> VmConfig {
+    let mut cfg = config(name);
+    cfg.append = if hotmem {
+        format!("hotmem=on hotmem_partition_size={}M", PARTITION / MIB)
+    } else {
+        "hotmem=off".to_owned()
+    };
+    cfg
+}
+
+fn sysfs(vm: &mut Vm, file: &str) -> String {
+    vm.read_file(&format!("{SYSFS}/{file}"))
+        .or_panic(&format!("reading {SYSFS}/{file}"))
+}
+
+/// A value of the driver's `state` file.
+fn state(vm: &mut Vm, key: &str) -> u64 {
+    let text = sysfs(vm, "state");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing from {SYSFS}/state:\n{text}"))
+}
+
+/// `(partition id, state)` pairs of the driver's `partitions` file.
+fn partitions(vm: &mut Vm) -> Vec<(u64, String)> {
+    sysfs(vm, "partitions")
+        .lines()
+        .map(|l| {
+            let (id, st) = l.split_once(' ').expect("'<id> <state>' lines");
+            (id.parse().expect("partition id"), st.to_owned())
+        })
+        .collect()
+}
+
+fn meminfo(vm: &mut Vm, key: &str) -> u64 {
+    *vm.meminfo()
+        .or_panic("reading /proc/meminfo")
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing from /proc/meminfo"))
+}
+
+fn resize(vm: &mut Vm, bytes: u64) {
+    vm.set_requested_size(bytes)
+        .or_panic("setting requested-size");
+    wait_plugged(vm, bytes);
+}
+
+fn wait_plugged(vm: &mut Vm, bytes: u64) -> Duration {
+    let took = vm
+        .wait_plugged(bytes, PLUG_TIMEOUT)
+        .or_panic(&format!("waiting for {} MiB plugged", bytes / MIB));
+    // The driver's view and the device's agree.
+    let start = Instant::now();
+    loop {
+        let seen = state(vm, "plugged_bytes");
+        if seen == bytes {
+            break;
+        }
+        assert!(
+            start.elapsed() < PLUG_TIMEOUT,
+            "driver reports {seen} bytes plugged, QEMU {bytes}\n{}",
+            vm.console_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    took
+}
+
+/// Starts a process bound to a HotMem partition that holds 32 MiB until
+/// killed; returns its partition id.
+fn start_bound(vm: &mut Vm, tag: &str) -> u64 {
+    let file = format!("/tmp/{tag}.partition");
+    let script = format!(
+        "hotmem-run --partition-file {file} -- hotmem-memhog --size 32M --hold-ms 3600000 \
+         >/tmp/{tag}.log 2>&1 &"
+    );
+    vm.exec_ok(&["sh", "-c", &script])
+        .or_panic("starting a bound process");
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = vm.read_file(&file) {
+            if let Ok(id) = text.trim().parse() {
+                return id;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "hotmem-run did not bind\n{}",
+            vm.console_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop_bound(vm: &mut Vm) {
+    vm.exec_ok(&["sh", "-c", "kill $(pidof hotmem-memhog)"])
+        .or_panic("killing the bound process");
+}
+
+fn write_err(vm: &mut Vm, file: &str, data: &str) -> String {
+    let path = format!("{SYSFS}/{file}");
+    match vm.write_file(&path, data) {
+        Ok(()) => panic!("writing {data:?} to {path} succeeded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_stays_out_of_the_way_without_hotmem() {
+    let mut vm = Vm::boot(&driver_config("rust_driver_without_hotmem", false))
+        .or_panic("booting a hotmem=off guest");
+    let out = vm.exec(&["modprobe", MODULE]).or_panic("modprobe");
+    assert!(
+        !out.success(),
+        "modprobe {MODULE} succeeded with hotmem=off"
+    );
+    let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    assert!(
+        dmesg.contains("HotMem is off") && dmesg.contains("virtio_mem"),
+        "no clear message in dmesg:\n{}",
+        vm.console_tail(20)
+    );
+    // The C driver can take the device.
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    vm.shutdown().or_panic("shutting down");
+}
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_plug_unplug_sysfs_reload() {
+    let mut vm = Vm::boot(&driver_config("rust_driver_plug_unplug", true))
+        .or_panic("booting a hotmem=on guest");
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    assert_eq!(state(&mut vm, "plugged_bytes"), 0);
+    assert_eq!(state(&mut vm, "partition_bytes"), PARTITION);
+
+    // Grow: four partitions appear, free.
+    resize(&mut vm, 4 * PARTITION);
+    let parts = partitions(&mut vm);
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    assert!(parts.iter().all(|(_, s)| s == "online"), "{parts:?}");
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 4 * PARTITION / 1024);
+    assert_eq!(meminfo(&mut vm, "HotMemFree"), 4 * PARTITION / 1024);
+    assert!(sysfs(&mut vm, "last_op").starts_with("plug ok 4 "));
+
+    // Bind one; the sysfs trigger refuses it and bad input, changing nothing.
+    let bound = start_bound(&mut vm, "a");
+    assert!(
+        parts.iter().any(|(id, _)| *id == bound),
+        "{bound} not in {parts:?}"
+    );
+    let err = write_err(&mut vm, "unplug", &bound.to_string());
+    assert!(
+        err.contains("os error 16"),
+        "unplug of a bound partition: {err}"
+    );
+    for bad in ["bogus", "-1", "99999999"] {
+        let err = write_err(&mut vm, "unplug", bad);
+        assert!(err.contains("os error 22"), "unplug {bad:?}: {err}");
+    }
+    let err = write_err(&mut vm, "unplug_free", "0");
+    assert!(err.contains("os error 22"), "unplug_free 0: {err}");
+    let err = write_err(&mut vm, "unplug_free", "4");
+    assert!(
+        err.contains("os error 16"),
+        "unplug_free 4 with one bound: {err}"
+    );
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), 4 * PARTITION);
+    assert_eq!(state(&mut vm, "bound"), 1);
+    assert_eq!(state(&mut vm, "online"), 3);
+
+    // sysfs: unplug one free partition by id, then one by count.
+    let free: Vec<u64> = partitions(&mut vm)
+        .into_iter()
+        .filter(|(id, _)| *id != bound)
+        .map(|(id, _)| id)
+        .collect();
+    vm.write_file(&format!("{SYSFS}/unplug"), &free[0].to_string())
+        .or_panic("unplugging a free partition through sysfs");
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), 3 * PARTITION);
+    assert!(sysfs(&mut vm, "last_op").starts_with("sysfs_unplug ok 1 "));
+    vm.write_file(&format!("{SYSFS}/unplug_free"), "1")
+        .or_panic("unplugging one free partition through sysfs");
+    wait_plugged(&mut vm, 2 * PARTITION);
+
+    // Shrink to 0: the free partition goes, the bound one stays.
+    resize(&mut vm, PARTITION);
+    vm.set_requested_size(0).or_panic("requesting 0");
+    let parts = partitions(&mut vm);
+    assert_eq!(parts, vec![(bound, "bound".to_owned())]);
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), PARTITION);
+
+    // Module removal with a bound partition keeps it (and its process).
+    vm.exec_ok(&["rmmod", MODULE]).or_panic("rmmod");
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), PARTITION);
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), PARTITION / 1024);
+    vm.exec_ok(&["sh", "-c", "pidof hotmem-memhog"])
+        .or_panic("the bound process survives rmmod");
+    // Reload: the driver adopts the bound partition.
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe again");
+    assert_eq!(partitions(&mut vm), vec![(bound, "bound".to_owned())]);
+
+    // The instance exits: the release notifier finishes the shrink.
+    stop_bound(&mut vm);
+    let took = wait_plugged(&mut vm, 0);
+    assert!(
+        took < Duration::from_secs(20),
+        "unplug after release took {took:?}"
+    );
+    assert!(partitions(&mut vm).is_empty());
+
+    // Grow again, then remove the module: everything is unplugged.
+    resize(&mut vm, 2 * PARTITION);
+    vm.exec_ok(&["rmmod", MODULE])
+        .or_panic("rmmod with free partitions");
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), 0);
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    vm.exec_ok(&["modprobe", MODULE])
+        .or_panic("modprobe after rmmod");
+    wait_plugged(&mut vm, 2 * PARTITION);
+
+    vm.shutdown().or_panic("shutting down");
+}
