@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hotmem_vmtests::{boot, OrPanic};
+use hotmem_vmtests::{boot, config, OrPanic};
 use hotmemctl::demo::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
 use hotmemctl::Vm;
 
@@ -79,7 +79,11 @@ fn vanilla_virtio_mem_plug_unplug() {
 #[test]
 #[ignore = "boots a QEMU guest; run via make check"]
 fn rust_module_loads_and_unloads() {
-    let mut vm = boot("rust_module_loads_and_unloads");
+    // The driver refuses to load without HotMem (tests/driver.rs checks
+    // that), so that the C driver can be used instead.
+    let mut cfg = config("rust_module_loads_and_unloads");
+    cfg.append = "hotmem=on".to_owned();
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
     let sysfs = format!("/sys/module/{RUST_MODULE}");
 
     vm.exec_ok(&["modprobe", RUST_MODULE])
