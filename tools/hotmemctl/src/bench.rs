@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use hotmem_proto::{
     Instance, Op, PartitionsResult, StartInstanceArgs, StopInstanceArgs, WaitFreePartitionsArgs,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Accel, VmConfig};
 use crate::demo::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
@@ -58,7 +58,7 @@ impl BenchOptions {
 }
 
 /// One reclaim measurement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reclaim {
     /// Guest kind.
     pub mode: Mode,
@@ -75,7 +75,7 @@ pub struct Reclaim {
 }
 
 /// A point of Fig. 5/7: one instance size.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SizePoint {
     /// Instance (= partition, = unplugged) size, bytes.
     pub size: u64,
@@ -86,7 +86,7 @@ pub struct SizePoint {
 }
 
 /// A point of Fig. 6: one memory-use level.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UsePoint {
     /// Target use level, percent.
     pub target_pct: u32,
@@ -97,7 +97,7 @@ pub struct UsePoint {
 }
 
 /// Latency statistics of a set of requests, µs.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct LatencyStats {
     /// Requests.
     pub count: usize,
@@ -131,7 +131,7 @@ impl LatencyStats {
 }
 
 /// Fig. 9 for one guest kind.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Colocated {
     /// Guest kind.
     pub mode: Mode,
@@ -150,7 +150,7 @@ pub struct Colocated {
 }
 
 /// The `compare` experiment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compare {
     /// HotMem: 1 GiB of free partitions.
     pub hotmem_free_partitions: Reclaim,
@@ -161,7 +161,7 @@ pub struct Compare {
 }
 
 /// Everything the benchmark measured.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BenchReport {
     /// Accelerator.
     pub accel: Option<Accel>,
@@ -601,6 +601,18 @@ pub fn run_bench(
     Ok(report)
 }
 
+/// Reads a `bench.json` written by [`write_outputs`].
+pub fn read_report(path: &Path) -> Result<BenchReport, VmError> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        VmError::from_kind(VmErrorKind::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| scale_err(format!("{} is not a bench report: {e}", path.display())))
+}
+
 /// Writes `bench.json` and the SVG plots to `dir`; returns the files.
 pub fn write_outputs(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, VmError> {
     let mut files = vec![dir.join("bench.json")];
@@ -750,18 +762,30 @@ pub fn render_summary(r: &BenchReport) -> String {
             "== Fig. 5/7: reclaim of one instance's memory (other instance fills the rest) ==\n",
         );
         out.push_str(&format!(
-            "{:>9} {:>12} {:>12} {:>9} {:>12} {:>12} {:>10}\n",
-            "size", "HotMem ms", "vanilla ms", "ratio", "HotMem CPU", "vanilla CPU", "migrated"
+            "{:>9} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9} {:>10}\n",
+            "size",
+            "HotMem ms",
+            "vanilla ms",
+            "ratio",
+            "HotMem CPU",
+            "vanilla CPU",
+            "CPU ratio",
+            "migrated"
         ));
         for p in &r.by_size {
             out.push_str(&format!(
-                "{:>5} MiB {:>12.1} {:>12.1} {:>9} {:>9} ms {:>9} ms {:>10}\n",
+                "{:>5} MiB {:>12.1} {:>12.1} {:>9} {:>9} ms {:>9} ms {:>9} {:>10}\n",
                 p.size / MIB,
                 p.hotmem.latency_ms,
                 p.vanilla.latency_ms,
                 x(ratio(Some(p.vanilla.latency_ms), Some(p.hotmem.latency_ms))),
                 cpu(p.hotmem.guest_cpu_ms),
                 cpu(p.vanilla.guest_cpu_ms),
+                // CPU time has a 10 ms resolution: compare with at least one tick.
+                x(ratio(
+                    p.vanilla.guest_cpu_ms,
+                    p.hotmem.guest_cpu_ms.map(|c| c.max(10.0))
+                )),
                 p.vanilla.pages_migrated
             ));
         }
@@ -811,7 +835,16 @@ pub fn render_summary(r: &BenchReport) -> String {
                 x(ratio(Some(c.during.p50_us), Some(c.before.p50_us)))
             ));
         }
-        out.push('\n');
+        let during = |m: Mode| {
+            r.colocated
+                .iter()
+                .find(|c| c.mode == m)
+                .map(|c| c.during.p50_us)
+        };
+        out.push_str(&format!(
+            "co-located p50 during the scale-down, vanilla/HotMem: {}\n\n",
+            x(ratio(during(Mode::Vanilla), during(Mode::Hotmem)))
+        ));
     }
     if let Some(c) = &r.compare {
         out.push_str("== Removing 1 GiB (4 x 384 MiB memhogs running) ==\n");
@@ -921,6 +954,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = write_outputs(&report, dir.path()).unwrap();
         assert_eq!(files.len(), 6, "{files:?}");
+        let back = read_report(&files[0]).unwrap();
+        assert_eq!(render_summary(&back), text);
         for f in files {
             assert!(f.exists());
         }

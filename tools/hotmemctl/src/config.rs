@@ -75,7 +75,7 @@ impl RunDir {
 }
 
 /// CPU accelerator.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     /// Software emulation (`-accel tcg -cpu max`); timings are not representative.

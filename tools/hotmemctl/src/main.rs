@@ -183,6 +183,15 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(hotmemctl::bench::EXPERIMENTS))]
         only: Vec<String>,
     },
+    /// Re-print the summary of a saved bench.json and redraw its plots.
+    BenchReport {
+        /// The bench.json written by `bench`.
+        #[arg(long, default_value = "build/bench/bench.json")]
+        report: PathBuf,
+        /// Where the plots go.
+        #[arg(long, default_value = "build/bench")]
+        out: PathBuf,
+    },
     /// Boot, plug and unplug 1 GiB with the vanilla driver, with timings.
     PlugDemo {
         #[command(flatten)]
@@ -459,6 +468,15 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 instance_mem,
             };
             scale_demo(&vm.config(&dir), params, json)
+        }
+        Cmd::BenchReport { report, out } => {
+            let report = hotmemctl::bench::read_report(&report)?;
+            let files = hotmemctl::bench::write_outputs(&report, &out)?;
+            emit(json, &report, hotmemctl::bench::render_summary)?;
+            for f in files {
+                eprintln!("wrote {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench {
             vm,

@@ -29,7 +29,7 @@ pub const UNIT: u64 = 128 * MIB;
 const TOUCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Which kind of guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// `hotmem=on`: partitions, bound instances, fast unplug.
