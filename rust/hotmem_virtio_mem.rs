@@ -42,6 +42,10 @@ pub mod partition;
 #[path = "logic/retry.rs"]
 pub mod retry;
 
+#[path = "logic/control.rs"]
+pub mod control;
+
+use control::{HoldBack, ProbeSync, Refusal};
 use partition::{Device as Parts, Event, PartState, Step, UnplugError};
 use retry::{next_action, Action, RetryPolicy};
 use wire::{BlockState, Config, Geometry, Request, Response};
@@ -96,11 +100,9 @@ struct Inner {
     vq: virtio::Virtqueue,
     parts: KVec<PartState>,
     config: Config,
-    /// After a guest-initiated (sysfs) unplug: do not plug above this many
-    /// partitions until the device's `requested_size` changes.
-    cap: Option<usize>,
-    /// The `requested_size` the cap was set under.
-    cap_requested: u64,
+    /// After a guest-initiated (sysfs) unplug: do not plug back until the
+    /// device's `requested_size` changes.
+    hold: HoldBack,
     /// The device answered what it must not; stop serving it.
     broken: bool,
     last_op: LastOp,
@@ -231,7 +233,10 @@ impl VmemDev {
 
     /// The physical partition id (as in /sys/kernel/mm/hotmem) of `index`.
     fn part_id(&self, index: usize) -> u64 {
-        self.part_addr(index).unwrap_or(0) / self.geometry.partition_size()
+        control::partition_id(
+            self.part_addr(index).unwrap_or(0),
+            self.geometry.partition_size(),
+        )
     }
 
     /// Reads and checks the configuration space. The geometry depends only
@@ -244,7 +249,10 @@ impl VmemDev {
         match config.validate(hotmem::memory_block_bytes(), self.geometry.partition_size()) {
             Ok(g) if g == self.geometry => Ok(config),
             Ok(_) => {
-                pr_err!("virtio{}: device changed its fixed configuration\n", self.index);
+                pr_err!(
+                    "virtio{}: device changed its fixed configuration\n",
+                    self.index
+                );
                 Err(EIO)
             }
             Err(e) => {
@@ -266,9 +274,10 @@ impl VmemDev {
         };
         match self.send_retry(inner, req) {
             Ok((Response::AckState(state), _)) => {
-                let r = self
-                    .parts(inner)
-                    .and_then(|mut p| p.apply(index, Event::StateQueried(state)).map_err(|_| EINVAL));
+                let r = self.parts(inner).and_then(|mut p| {
+                    p.apply(index, Event::StateQueried(state))
+                        .map_err(|_| EINVAL)
+                });
                 pr_info!(
                     "virtio{}: partition {} is {:?} on the device ({:?})\n",
                     self.index,
@@ -294,7 +303,12 @@ impl VmemDev {
         match self.parts(inner) {
             Ok(mut p) => {
                 if let Err(e) = p.apply(index, event) {
-                    pr_err!("virtio{}: partition {}: {}\n", self.index, self.part_id(index), e);
+                    pr_err!(
+                        "virtio{}: partition {}: {}\n",
+                        self.index,
+                        self.part_id(index),
+                        e
+                    );
                 }
             }
             Err(e) => pr_err!("virtio{}: partition table: {:?}\n", self.index, e),
@@ -308,8 +322,12 @@ impl VmemDev {
             if !matches!(state, Some(PartState::Online | PartState::Bound)) {
                 continue;
             }
-            let Ok(addr) = self.part_addr(index) else { continue };
-            let Ok(info) = hotmem::partition_info(addr) else { continue };
+            let Ok(addr) = self.part_addr(index) else {
+                continue;
+            };
+            let Ok(info) = hotmem::partition_info(addr) else {
+                continue;
+            };
             let busy = matches!(info.state, hotmem::State::Bound | hotmem::State::Draining)
                 || info.users > 0;
             match (state, busy) {
@@ -391,7 +409,12 @@ impl VmemDev {
     /// the kernel does not use.
     fn online(&self, inner: &mut Inner, index: usize) -> Result<Outcome> {
         let addr = self.part_addr(index)?;
-        match hotmem::add_partitions(self.nid, addr, self.geometry.partition_size(), self.resource) {
+        match hotmem::add_partitions(
+            self.nid,
+            addr,
+            self.geometry.partition_size(),
+            self.resource,
+        ) {
             Ok(()) => {
                 self.apply(inner, index, Event::Onlined);
                 Ok(Outcome::Continue)
@@ -458,16 +481,9 @@ impl VmemDev {
     /// by a guest-initiated unplug until the request changes.
     fn target_bytes(&self, inner: &mut Inner) -> u64 {
         let requested = inner.config.requested_size;
-        if inner.cap.is_some() && requested != inner.cap_requested {
-            inner.cap = None;
-        }
-        match inner.cap {
-            Some(cap) => {
-                let cap_bytes = (cap as u64).saturating_mul(self.geometry.partition_size());
-                requested.min(cap_bytes)
-            }
-            None => requested,
-        }
+        inner
+            .hold
+            .target_bytes(requested, self.geometry.partition_size())
     }
 
     /// One round: move the plugged size toward the device's request.
@@ -557,7 +573,11 @@ impl VmemDev {
                 "virtio{}: {} {} partitions in {} us; plugged {} MiB, requested {} MiB, \
                  {} free, {} bound\n",
                 self.index,
-                if unplugged > 0 { "unplugged" } else { "plugged" },
+                if unplugged > 0 {
+                    "unplugged"
+                } else {
+                    "plugged"
+                },
                 n,
                 latency_us,
                 plugged_bytes >> 20,
@@ -570,7 +590,7 @@ impl VmemDev {
 
     /// sysfs `unplug`: unplug partition `id` now.
     fn sysfs_unplug(&self, id: u64) -> Result {
-        let addr = id.checked_mul(self.geometry.partition_size()).ok_or(EINVAL)?;
+        let addr = control::partition_addr(id, self.geometry.partition_size()).ok_or(EINVAL)?;
         let range = wire::BlockRange {
             addr,
             nb_blocks: self.geometry.blocks_per_partition(),
@@ -583,7 +603,9 @@ impl VmemDev {
         }
         self.refresh(inner);
         let start = Ktime::ktime_get();
-        self.parts(inner)?.unplug_partition(index).map_err(unplug_errno)?;
+        self.parts(inner)?
+            .unplug_partition(index)
+            .map_err(unplug_errno)?;
         let r = self.offline_and_unplug(inner, index);
         self.finish_sysfs(inner, start, usize::from(r.is_ok()), &r);
         r.map(|_| ())
@@ -601,7 +623,9 @@ impl VmemDev {
         }
         self.refresh(inner);
         let start = Ktime::ktime_get();
-        self.parts(inner)?.pick_for_unplug(n).map_err(unplug_errno)?;
+        self.parts(inner)?
+            .pick_for_unplug(n)
+            .map_err(unplug_errno)?;
         let mut done = 0usize;
         let mut result = Ok(Outcome::Continue);
         for index in 0..inner.parts.len() {
@@ -637,8 +661,10 @@ impl VmemDev {
         if done > 0 {
             // Do not plug back what the guest gave away until the device
             // asks for a different size.
-            inner.cap = self.parts(inner).ok().map(|p| p.census().committed());
-            inner.cap_requested = inner.config.requested_size;
+            if let Ok(parts) = self.parts(inner) {
+                let committed = parts.census().committed();
+                inner.hold.set(committed, inner.config.requested_size);
+            }
             pr_info!(
                 "virtio{}: unplugged {} partitions on request in {} us\n",
                 self.index,
@@ -729,22 +755,11 @@ impl VmemDev {
 }
 
 fn unplug_errno(e: UnplugError) -> Error {
-    match e {
-        UnplugError::OutOfRange { .. } | UnplugError::NotOnline { .. } => EINVAL,
-        UnplugError::Busy { .. } => EBUSY,
-        UnplugError::NotEnough { bound, .. } if bound > 0 => EBUSY,
-        UnplugError::NotEnough { .. } => ENOSPC,
+    match Refusal::of(&e) {
+        Refusal::Invalid => EINVAL,
+        Refusal::Busy => EBUSY,
+        Refusal::NotEnough => ENOSPC,
     }
-}
-
-/// Parses a decimal number written to sysfs (optional trailing newline).
-fn parse_number(input: &[u8]) -> Result<u64> {
-    let s = core::str::from_utf8(input).map_err(|_| EINVAL)?;
-    let s = s.strip_suffix('\n').unwrap_or(s);
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(EINVAL);
-    }
-    s.parse::<u64>().map_err(|_| EINVAL)
 }
 
 /// Whether the kernel has memory of the partition at `addr` online (a
@@ -759,18 +774,21 @@ fn is_added(addr: u64) -> bool {
 /// online) adopt what is added and ask the device about the rest.
 fn initial_sync(index: u32, geometry: &Geometry, inner: &mut Inner) -> Result {
     let plugged = inner.config.plugged_size;
-    parts_of(geometry, inner)?.reset(plugged).map_err(|_| EINVAL)?;
-    if plugged == 0 {
-        return Ok(());
-    }
-    let mut adopted = false;
+    parts_of(geometry, inner)?
+        .reset(plugged)
+        .map_err(|_| EINVAL)?;
+    let mut added = 0usize;
     for i in 0..geometry.nr_partitions() {
         let addr = geometry.partition_range(i).map_err(|_| EINVAL)?.addr;
         if is_added(addr) {
-            adopted = true;
+            added += 1;
         }
     }
-    if !adopted {
+    let sync = control::probe_sync(plugged, added);
+    if sync == ProbeSync::Nothing {
+        return Ok(());
+    }
+    if sync == ProbeSync::UnplugAll {
         pr_info!(
             "virtio{}: device has {} MiB plugged; UNPLUG_ALL\n",
             index,
@@ -778,7 +796,11 @@ fn initial_sync(index: u32, geometry: &Geometry, inner: &mut Inner) -> Result {
         );
         let (resp, action) = send_retry(index, inner, Request::UnplugAll)?;
         if action != Action::Done {
-            pr_err!("virtio{}: UNPLUG_ALL answered {:?}; not binding\n", index, resp);
+            pr_err!(
+                "virtio{}: UNPLUG_ALL answered {:?}; not binding\n",
+                index,
+                resp
+            );
             return Err(EIO);
         }
         parts_of(geometry, inner)?
@@ -813,7 +835,11 @@ fn initial_sync(index: u32, geometry: &Geometry, inner: &mut Inner) -> Result {
                 );
                 return Err(EIO);
             }
-            pr_info!("virtio{}: adopted added partition at {:#x}\n", index, range.addr);
+            pr_info!(
+                "virtio{}: adopted added partition at {:#x}\n",
+                index,
+                range.addr
+            );
         }
     }
     Ok(())
@@ -841,11 +867,31 @@ impl virtio::Driver for VmemDriver {
     ];
     const ATTRIBUTE_GROUP: &'static CStr = c_str!("hotmem");
     const ATTRIBUTES: &'static [virtio::Attribute] = &[
-        virtio::Attribute { name: c_str!("state"), show: true, store: false },
-        virtio::Attribute { name: c_str!("partitions"), show: true, store: false },
-        virtio::Attribute { name: c_str!("last_op"), show: true, store: false },
-        virtio::Attribute { name: c_str!("unplug"), show: false, store: true },
-        virtio::Attribute { name: c_str!("unplug_free"), show: false, store: true },
+        virtio::Attribute {
+            name: c_str!("state"),
+            show: true,
+            store: false,
+        },
+        virtio::Attribute {
+            name: c_str!("partitions"),
+            show: true,
+            store: false,
+        },
+        virtio::Attribute {
+            name: c_str!("last_op"),
+            show: true,
+            store: false,
+        },
+        virtio::Attribute {
+            name: c_str!("unplug"),
+            show: false,
+            store: true,
+        },
+        virtio::Attribute {
+            name: c_str!("unplug_free"),
+            show: false,
+            store: true,
+        },
     ];
 
     fn probe(dev: &virtio::Device) -> Result<KBox<DevData>> {
@@ -867,7 +913,10 @@ impl virtio::Driver for VmemDriver {
                 EINVAL
             })?;
         let acpi_pxm = dev.has_feature(wire::VIRTIO_MEM_F_ACPI_PXM);
-        let nid = hotmem::node_for(acpi_pxm.then_some(config.node_id), geometry.first_partition_addr());
+        let nid = hotmem::node_for(
+            acpi_pxm.then_some(config.node_id),
+            geometry.first_partition_addr(),
+        );
         let name = CString::try_from_fmt(fmt!("System RAM (hotmem_virtio_mem)"))?;
         let resource: &'static CString = KBox::leak(KBox::new(name, GFP_KERNEL)?);
 
@@ -881,8 +930,7 @@ impl virtio::Driver for VmemDriver {
             vq,
             parts,
             config,
-            cap: None,
-            cap_requested: 0,
+            hold: HoldBack::default(),
             broken: false,
             last_op: LastOp {
                 op: "probe",
@@ -970,10 +1018,12 @@ impl virtio::Driver for VmemDriver {
     }
 
     fn store(data: &DevData, index: usize, input: &[u8]) -> Result {
-        let n = parse_number(input)?;
+        let n = control::parse_decimal(input).map_err(|_| EINVAL)?;
         match index {
             ATTR_UNPLUG => data.vmem.sysfs_unplug(n),
-            ATTR_UNPLUG_FREE => data.vmem.sysfs_unplug_free(usize::try_from(n).map_err(|_| EINVAL)?),
+            ATTR_UNPLUG_FREE => data
+                .vmem
+                .sysfs_unplug_free(usize::try_from(n).map_err(|_| EINVAL)?),
             _ => Err(EINVAL),
         }
     }

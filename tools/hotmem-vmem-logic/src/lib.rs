@@ -2,8 +2,9 @@
 //!
 //! The sources live in `rust/logic/` and are shared, file by file, with the
 //! out-of-tree kernel module, which includes them with `#[path]` exactly as
-//! this crate does: as sibling modules named `wire`, `partition` and
-//! `retry` (the latter two refer to `super::wire`). Declare them `pub mod`
+//! this crate does: as sibling modules named `wire`, `partition`,
+//! `retry` and `control` (the others refer to `super::wire` and
+//! `super::partition`). Declare them `pub mod`
 //! there too, so that items the module does not use yet are not reported as
 //! dead code and `unreachable_pub` stays quiet.
 //!
@@ -19,6 +20,9 @@
 //!   bits, and configuration validation into a partition [`wire::Geometry`].
 //! - [`partition`]: the per-partition state machine and the planner.
 //! - [`retry`]: BUSY backoff and the action for each response.
+//! - [`control`]: sysfs input and errnos, the guest hold-back after an
+//!   explicit unplug, and the probe-time choice between UNPLUG_ALL and
+//!   adopting partitions a previous driver instance left online.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -30,3 +34,6 @@ pub mod partition;
 
 #[path = "../../../rust/logic/retry.rs"]
 pub mod retry;
+
+#[path = "../../../rust/logic/control.rs"]
+pub mod control;
