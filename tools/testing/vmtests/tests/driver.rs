@@ -244,3 +244,37 @@ fn rust_driver_plug_unplug_sysfs_reload() {
 
     vm.shutdown().or_panic("shutting down");
 }
+
+/// Requests that change while the driver works (a PLUG racing a smaller
+/// `requested_size` is NACKed): the driver and the device still agree, and
+/// the driver ends at the last request.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_follows_racing_requests() {
+    let mut vm = Vm::boot(&driver_config("rust_driver_racing_requests", true))
+        .or_panic("booting a hotmem=on guest");
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    for (size, pause_ms) in [
+        (16 * PARTITION, 30),
+        (2 * PARTITION, 10),
+        (12 * PARTITION, 50),
+        (0, 5),
+        (8 * PARTITION, 40),
+        (3 * PARTITION, 0),
+    ] {
+        vm.set_requested_size(size)
+            .or_panic("setting requested-size");
+        std::thread::sleep(Duration::from_millis(pause_ms));
+    }
+    wait_plugged(&mut vm, 3 * PARTITION);
+    assert_eq!(state(&mut vm, "online"), 3);
+    assert_eq!(state(&mut vm, "failed"), 0);
+    assert_eq!(state(&mut vm, "broken"), 0);
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 3 * PARTITION / 1024);
+    let console = std::fs::read_to_string(vm.run_dir().console_log()).unwrap_or_default();
+    eprintln!(
+        "NACKed plugs seen: {}",
+        console.matches("refused to plug").count()
+    );
+    vm.shutdown().or_panic("shutting down");
+}
