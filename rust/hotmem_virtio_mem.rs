@@ -180,9 +180,23 @@ fn micros_since(start: Ktime) -> i64 {
 fn send(index: u32, inner: &mut Inner, req: Request) -> Result<Response> {
     let mut resp = [0u8; wire::RESPONSE_SIZE];
     let len = inner.vq.request(&req.to_bytes(), &mut resp)?;
-    let bytes = resp.get(..len).ok_or(EIO)?;
-    Response::decode(bytes, req.request_type()).map_err(|e| {
-        pr_err!("virtio{}: bad response: {}\n", index, e);
+    let decoded = resp
+        .get(..len)
+        .ok_or(wire::DecodeError::TooShort {
+            needed: wire::RESPONSE_HEADER_SIZE,
+            got: len,
+        })
+        .and_then(|bytes| Response::decode(bytes, req.request_type()));
+    decoded.map_err(|e| {
+        // The device may or may not have acted on the request: the driver
+        // can no longer tell what is plugged.
+        pr_err!(
+            "virtio{}: bad response to {:?}: {}; device marked broken\n",
+            index,
+            req.request_type(),
+            e
+        );
+        inner.broken = true;
         EIO
     })
 }
