@@ -209,8 +209,9 @@ impl Instances {
         }
     }
 
-    /// Builds the command: `hotmem-run ... -- argv`, or a shell that joins
-    /// the cgroup and execs `argv` for an unbound instance.
+    /// Builds the command: `hotmem-run [--no-bind] ... -- argv` (the same
+    /// launcher, so bound and unbound instances start alike), or `argv`
+    /// itself for an unbound instance without a cgroup.
     fn command(
         &self,
         args: &StartInstanceArgs,
@@ -230,12 +231,9 @@ impl Instances {
             cmd.args(&args.argv);
             cmd
         } else if let Some(cg) = cgroup {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c")
-                .arg("echo $$ >\"$0/cgroup.procs\" || exit 125; shift; exec \"$@\"")
-                .arg(cg)
-                .arg("--")
-                .args(&args.argv);
+            let mut cmd = Command::new(&self.cfg.hotmem_run);
+            cmd.arg("--no-bind").arg("--cgroup").arg(cg).arg("--");
+            cmd.args(&args.argv);
             cmd
         } else {
             let mut cmd = Command::new(&args.argv[0]);

@@ -1,5 +1,5 @@
-//! `hotmem-run [--nonblock | --timeout-ms MS] [--verbose] [--cgroup DIR]
-//! [--partition-file PATH] -- COMMAND [ARGS...]`
+//! `hotmem-run [--nonblock | --timeout-ms MS | --no-bind] [--verbose]
+//! [--cgroup DIR] [--partition-file PATH] -- COMMAND [ARGS...]`
 //!
 //! Binds itself to a free HotMem partition, then execs COMMAND, which
 //! inherits the binding (and so do its children). Exit status 125 means the
@@ -25,6 +25,10 @@ struct Args {
     /// Fail at once if no partition is free.
     #[arg(long, conflicts_with = "timeout_ms")]
     nonblock: bool,
+    /// Do not bind: only join --cgroup and exec (the same launcher for
+    /// unbound instances, e.g. on hotmem=off guests).
+    #[arg(long, conflicts_with_all = ["nonblock", "timeout_ms", "partition_file"])]
+    no_bind: bool,
     /// Wait at most this long for a free partition.
     #[arg(long, value_name = "MS")]
     timeout_ms: Option<u64>,
@@ -56,20 +60,22 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     }
-    let id = match bind(wait) {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("hotmem-run: {e}");
-            return ExitCode::from(125);
+    if !args.no_bind {
+        let id = match bind(wait) {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!("hotmem-run: {e}");
+                return ExitCode::from(125);
+            }
+        };
+        if args.verbose {
+            eprintln!("hotmem-run: bound to partition {id}");
         }
-    };
-    if args.verbose {
-        eprintln!("hotmem-run: bound to partition {id}");
-    }
-    if let Some(path) = &args.partition_file {
-        if let Err(e) = std::fs::write(path, format!("{id}\n")) {
-            eprintln!("hotmem-run: cannot write {}: {e}", path.display());
-            return ExitCode::from(125);
+        if let Some(path) = &args.partition_file {
+            if let Err(e) = std::fs::write(path, format!("{id}\n")) {
+                eprintln!("hotmem-run: cannot write {}: {e}", path.display());
+                return ExitCode::from(125);
+            }
         }
     }
     let Some((program, rest)) = args.command.split_first() else {
