@@ -109,6 +109,11 @@ pub struct HoldBack {
 }
 
 impl HoldBack {
+    /// No hold-back.
+    pub const fn new() -> Self {
+        Self { cap: None }
+    }
+
     /// Records an explicit unplug that left `committed` partitions while
     /// the device asked for `requested_size`.
     pub fn set(&mut self, committed: usize, requested_size: u64) {

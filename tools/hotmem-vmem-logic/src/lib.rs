@@ -23,6 +23,9 @@
 //! - [`control`]: sysfs input and errnos, the guest hold-back after an
 //!   explicit unplug, and the probe-time choice between UNPLUG_ALL and
 //!   adopting partitions a previous driver instance left online.
+//! - [`driver`]: the driver's work on a device (probe sync, rounds,
+//!   explicit unplugs, teardown) over an `Env` trait standing for the
+//!   device and the kernel, which the host tests simulate with faults.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -37,3 +40,6 @@ pub mod retry;
 
 #[path = "../../../rust/logic/control.rs"]
 pub mod control;
+
+#[path = "../../../rust/logic/driver.rs"]
+pub mod driver;

@@ -36,7 +36,7 @@ fn logic_compiles_as_kernel_code_without_panics() {
         "//! Kernel-style build of the HotMem virtio-mem logic.\n\
          #![no_std]\n#![deny(unsafe_code)]\n",
     );
-    for module in ["wire", "partition", "retry", "control"] {
+    for module in ["wire", "partition", "retry", "control", "driver"] {
         let file = logic.join(format!("{module}.rs"));
         assert!(file.exists(), "{}", file.display());
         wrapper += &format!(

@@ -1,0 +1,882 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The driver's work on one device, over an [`Env`] that stands for the
+//! device and the kernel: the probe-time sync, the round that moves the
+//! plugged size toward `requested_size`, the explicit (sysfs) unplugs and
+//! the teardown at remove. The kernel module implements [`Env`] with
+//! `kernel::virtio` and `kernel::hotmem`; the host tests implement it with
+//! a simulated device that answers NACK, BUSY and ERROR, and check that the
+//! driver's view of what is plugged always matches the device's.
+//!
+//! This file includes the other logic modules as `super::wire`,
+//! `super::partition`, `super::retry` and `super::control`: whoever
+//! includes it must declare all five as siblings.
+
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions,
+    clippy::expect_used,
+    clippy::float_arithmetic,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::unreachable,
+    clippy::unwrap_used
+)]
+
+use core::fmt;
+
+use super::control::{self, HoldBack, ProbeSync, Refusal};
+use super::partition::{Census, Device as Parts, Event, LengthMismatch, PartState, Step};
+use super::retry::{next_action, Action, RetryPolicy};
+use super::wire::{BlockRange, BlockState, Config, DecodeError, Geometry, Request, Response};
+
+// --- The environment ----------------------------------------------------------
+
+/// Severity of a log message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Normal operation.
+    Info,
+    /// Something did not happen that should have; retried later.
+    Warn,
+    /// A failure.
+    Err,
+}
+
+/// What the kernel says about an added partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelState {
+    /// No block of it is online.
+    NotAdded,
+    /// Online, no users, every page free: may be unplugged.
+    Free,
+    /// Online and bound, or draining: must not be taken.
+    InUse,
+}
+
+/// Why a request got no usable answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestError<E> {
+    /// The request did not reach the device (e.g. no memory for buffers).
+    NotSent(E),
+    /// The device wrote something that is not a valid response: it may or
+    /// may not have acted on the request.
+    BadResponse(DecodeError),
+}
+
+/// Why removing a partition's memory failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoveError<E> {
+    /// Bound, or it could not be emptied (`-EBUSY`): nothing changed.
+    Busy,
+    /// Another error; nothing changed.
+    Failed(E),
+}
+
+/// The device and the kernel, as the driver sees them.
+pub trait Env {
+    /// The kernel's error type.
+    type Error: Copy + fmt::Debug;
+
+    /// Reads the configuration space.
+    fn read_config(&mut self) -> Result<Config, Self::Error>;
+    /// Sends `request` and waits for the device's response.
+    fn request(&mut self, request: Request) -> Result<Response, RequestError<Self::Error>>;
+    /// Sleeps (between retries).
+    fn sleep_ms(&mut self, ms: u32);
+    /// A monotonic clock, in microseconds.
+    fn now_us(&mut self) -> u64;
+    /// Adds and onlines the partition at `addr` (all or nothing).
+    fn add(&mut self, addr: u64, size: u64) -> Result<(), Self::Error>;
+    /// Offlines and removes the partition at `addr` (all or nothing).
+    fn remove(&mut self, addr: u64, size: u64) -> Result<(), RemoveError<Self::Error>>;
+    /// The kernel's state of the partition at `addr`.
+    fn kernel_state(&mut self, addr: u64) -> KernelState;
+    /// Logs a message about the device.
+    fn log(&mut self, level: Level, args: fmt::Arguments<'_>);
+}
+
+// --- The driver's state ---------------------------------------------------------
+
+/// An operation, for `last_op`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Binding the device.
+    Probe,
+    /// A round that plugged partitions.
+    Plug,
+    /// A round that unplugged partitions.
+    Unplug,
+    /// An explicit unplug through sysfs.
+    SysfsUnplug,
+}
+
+impl Op {
+    /// Lower-case name, for sysfs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Probe => "probe",
+            Self::Plug => "plug",
+            Self::Unplug => "unplug",
+            Self::SysfsUnplug => "sysfs_unplug",
+        }
+    }
+}
+
+/// How an operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    /// Everything asked was done.
+    Ok,
+    /// Stopped by a device answer or an error (logged).
+    Partial,
+    /// Nothing was done.
+    Failed,
+}
+
+impl OpResult {
+    /// Lower-case name, for sysfs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Partial => "partial",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The last operation that changed something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastOp {
+    /// What it was.
+    pub op: Op,
+    /// How it ended.
+    pub result: OpResult,
+    /// Partitions plugged or unplugged.
+    pub partitions: usize,
+    /// How long it took, in microseconds.
+    pub latency_us: u64,
+}
+
+/// What the driver keeps about a device besides the partition states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct State {
+    /// The configuration space, as last read.
+    pub config: Config,
+    /// After an explicit unplug: do not plug back until the request changes.
+    pub hold: HoldBack,
+    /// The device answered what it must not: no more requests.
+    pub broken: bool,
+    /// The last operation.
+    pub last_op: LastOp,
+    /// Retries of BUSY answers.
+    pub policy: RetryPolicy,
+}
+
+impl State {
+    /// The state of a device whose configuration space reads `config`.
+    pub const fn new(config: Config) -> Self {
+        Self {
+            config,
+            hold: HoldBack::new(),
+            broken: false,
+            last_op: LastOp {
+                op: Op::Probe,
+                result: OpResult::Ok,
+                partitions: 0,
+                latency_us: 0,
+            },
+            policy: RetryPolicy::DEFAULT,
+        }
+    }
+}
+
+/// Why probe refuses the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError<E> {
+    /// A request failed or was answered badly (logged).
+    Device,
+    /// The kernel has memory added that the device says is not plugged.
+    Inconsistent,
+    /// An error of the environment.
+    Env(E),
+}
+
+/// Why an explicit unplug failed. Refusals change nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnplugFailure<E> {
+    /// Refused before anything was done.
+    Refused(Refusal),
+    /// The device is broken.
+    Broken,
+    /// The partition got bound (or could not be emptied) meanwhile; it is
+    /// online as before (`-EBUSY`).
+    Busy,
+    /// Removing the memory failed; it is online as before.
+    Env(E),
+    /// The memory was removed but the device did not unplug it (logged);
+    /// it is plugged and will be retried.
+    Device,
+}
+
+/// What a round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Partitions plugged and onlined.
+    pub plugged: usize,
+    /// Partitions unplugged.
+    pub unplugged: usize,
+    /// Whether it stopped early on a failure.
+    pub failed: bool,
+}
+
+/// How a step ended.
+enum Outcome {
+    Continue,
+    Stop,
+}
+
+/// The driver's view of one device: its partitions and [`State`], over a
+/// caller-owned slice (one [`PartState`] per partition).
+pub struct Vmem<'a> {
+    parts: Parts<'a>,
+    st: &'a mut State,
+}
+
+impl<'a> Vmem<'a> {
+    /// The view of a device with `geometry`, partition states `parts` and
+    /// state `st`.
+    pub fn new(
+        geometry: Geometry,
+        parts: &'a mut [PartState],
+        st: &'a mut State,
+    ) -> Result<Self, LengthMismatch> {
+        let parts = Parts::new(geometry, st.config.usable_region_size, parts)?;
+        Ok(Self { parts, st })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &Geometry {
+        self.parts.geometry()
+    }
+
+    /// The partitions' states.
+    pub fn states(&self) -> &[PartState] {
+        self.parts.states()
+    }
+
+    /// How many partitions are in each state.
+    pub fn census(&self) -> Census {
+        self.parts.census()
+    }
+
+    /// Bytes plugged, as far as the driver knows (equal to the device's
+    /// `plugged_size` once no partition is `Failed`).
+    pub fn plugged_bytes(&self) -> u64 {
+        self.parts.plugged_bytes()
+    }
+
+    /// The state.
+    pub fn state(&self) -> &State {
+        self.st
+    }
+
+    /// The size the driver works toward: `requested_size`, or less after
+    /// an explicit unplug until the request changes.
+    pub fn target_bytes(&mut self) -> u64 {
+        let partition_size = self.parts.geometry().partition_size();
+        self.st
+            .hold
+            .target_bytes(self.st.config.requested_size, partition_size)
+    }
+
+    /// The physical id of partition `index` (as in `/sys/kernel/mm/hotmem`).
+    pub fn partition_id(&self, index: usize) -> u64 {
+        control::partition_id(self.addr(index), self.geometry().partition_size())
+    }
+
+    fn addr(&self, index: usize) -> u64 {
+        self.geometry()
+            .partition_range(index)
+            .map_or(0, |range| range.addr)
+    }
+
+    fn apply<E: Env>(&mut self, env: &mut E, index: usize, event: Event) {
+        if let Err(e) = self.parts.apply(index, event) {
+            let id = self.partition_id(index);
+            env.log(Level::Err, format_args!("partition {id}: {e}"));
+        }
+    }
+
+    /// Takes the configuration space as `config`; `false` (and logged) if
+    /// it is invalid or its fixed part changed.
+    fn take_config<E: Env>(&mut self, env: &mut E, config: Config, memory_block: u64) -> bool {
+        let geometry = *self.geometry();
+        match config.validate(memory_block, geometry.partition_size()) {
+            Ok(g) if g == geometry => {
+                self.st.config = config;
+                self.parts.set_usable_region_size(config.usable_region_size);
+                true
+            }
+            Ok(_) => {
+                env.log(
+                    Level::Err,
+                    format_args!("device changed its fixed configuration"),
+                );
+                false
+            }
+            Err(e) => {
+                env.log(Level::Err, format_args!("invalid configuration: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Sends `request`, retrying BUSY (and NACK to UNPLUG) with the bounded
+    /// backoff of the policy; returns the last response and the action. A
+    /// response that cannot be decoded marks the device broken.
+    fn send<E: Env>(
+        &mut self,
+        env: &mut E,
+        request: Request,
+    ) -> Result<(Response, Action), RequestError<E::Error>> {
+        let kind = request.request_type();
+        let mut attempt: u32 = 1;
+        loop {
+            let response = match env.request(request) {
+                Ok(r) => r,
+                Err(RequestError::BadResponse(e)) => {
+                    self.st.broken = true;
+                    env.log(
+                        Level::Err,
+                        format_args!("bad response to {kind:?}: {e}; device marked broken"),
+                    );
+                    return Err(RequestError::BadResponse(e));
+                }
+                Err(e) => {
+                    env.log(Level::Err, format_args!("{kind:?} not sent: {e:?}"));
+                    return Err(e);
+                }
+            };
+            let action = next_action(&self.st.policy, kind, response.response_type(), attempt);
+            match action {
+                Action::Retry { delay_ms } => {
+                    if attempt == 1 {
+                        env.log(
+                            Level::Info,
+                            format_args!("device answered {response:?} to {kind:?}, retrying"),
+                        );
+                    }
+                    env.sleep_ms(delay_ms);
+                    attempt = attempt.saturating_add(1);
+                }
+                Action::Broken => {
+                    self.st.broken = true;
+                    env.log(
+                        Level::Err,
+                        format_args!(
+                            "device answered {response:?} to {kind:?}; device marked broken"
+                        ),
+                    );
+                    return Ok((response, action));
+                }
+                _ => return Ok((response, action)),
+            }
+        }
+    }
+
+    /// Asks the device about partition `index` (after an ERROR) and adopts
+    /// its answer.
+    fn query_state<E: Env>(&mut self, env: &mut E, index: usize) {
+        let Ok(request) = self.geometry().state_request(index) else {
+            return;
+        };
+        if let Ok((Response::AckState(state), _)) = self.send(env, request) {
+            self.apply(env, index, Event::StateQueried(state));
+            let id = self.partition_id(index);
+            env.log(
+                Level::Info,
+                format_args!("partition {id} is {state:?} on the device"),
+            );
+        }
+    }
+
+    /// Asks the device about every `Failed` partition (an earlier STATE
+    /// query did not get through); `false` if one is still unknown.
+    fn resolve_failed<E: Env>(&mut self, env: &mut E) -> bool {
+        let mut resolved = true;
+        for index in 0..self.parts.nr_partitions() {
+            if self.parts.state(index) == Some(PartState::Failed) {
+                self.query_state(env, index);
+                resolved &= self.parts.state(index) != Some(PartState::Failed);
+            }
+        }
+        resolved
+    }
+
+    /// Takes the kernel's word on which added partitions are in use.
+    pub fn refresh<E: Env>(&mut self, env: &mut E) {
+        for index in 0..self.parts.nr_partitions() {
+            let state = self.parts.state(index);
+            if !matches!(state, Some(PartState::Online | PartState::Bound)) {
+                continue;
+            }
+            let kernel = env.kernel_state(self.addr(index));
+            match (state, kernel) {
+                (Some(PartState::Online), KernelState::InUse) => {
+                    self.apply(env, index, Event::KernelBound);
+                }
+                (Some(PartState::Bound), KernelState::Free) => {
+                    self.apply(env, index, Event::KernelReleased);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends UNPLUG for partition `index` (`Unplugging`).
+    fn unplug_request<E: Env>(&mut self, env: &mut E, index: usize) -> Outcome {
+        let Ok(request) = self.geometry().unplug_request(index) else {
+            return Outcome::Stop;
+        };
+        let id = self.partition_id(index);
+        let (response, action) = match self.send(env, request) {
+            Ok(r) => r,
+            Err(RequestError::NotSent(_)) => {
+                // Nothing reached the device: still plugged.
+                self.apply(env, index, Event::UnplugBusy);
+                return Outcome::Stop;
+            }
+            Err(RequestError::BadResponse(_)) => return Outcome::Stop,
+        };
+        self.apply(env, index, Event::unplug_response(response.response_type()));
+        match action {
+            Action::Done => Outcome::Continue,
+            Action::QueryState => {
+                env.log(
+                    Level::Err,
+                    format_args!("device answered ERROR to UNPLUG of partition {id}"),
+                );
+                self.query_state(env, index);
+                Outcome::Stop
+            }
+            _ => {
+                let attempts = self.st.policy.max_attempts;
+                env.log(
+                    Level::Warn,
+                    format_args!(
+                        "device did not unplug partition {id} ({response:?} after {attempts} \
+                         attempts); it stays plugged, retried on the next event"
+                    ),
+                );
+                Outcome::Stop
+            }
+        }
+    }
+
+    /// Removes partition `index` (`Offlining`) from the kernel, then
+    /// unplugs it.
+    fn offline_and_unplug<E: Env>(
+        &mut self,
+        env: &mut E,
+        index: usize,
+    ) -> Result<Outcome, UnplugFailure<E::Error>> {
+        let size = self.geometry().partition_size();
+        match env.remove(self.addr(index), size) {
+            Ok(()) => {
+                self.apply(env, index, Event::Offlined);
+                Ok(self.unplug_request(env, index))
+            }
+            Err(RemoveError::Busy) => {
+                self.apply(env, index, Event::OfflineBusy);
+                // Bound or draining: the refresh says so.
+                self.refresh(env);
+                Err(UnplugFailure::Busy)
+            }
+            Err(RemoveError::Failed(e)) => {
+                self.apply(env, index, Event::OfflineBusy);
+                let id = self.partition_id(index);
+                env.log(
+                    Level::Err,
+                    format_args!("cannot offline partition {id}: {e:?}"),
+                );
+                Err(UnplugFailure::Env(e))
+            }
+        }
+    }
+
+    /// Adds and onlines partition `index` (`Plugged`). On failure it is
+    /// unplugged again: the device keeps no memory the kernel does not use.
+    fn online<E: Env>(&mut self, env: &mut E, index: usize) -> Outcome {
+        let size = self.geometry().partition_size();
+        match env.add(self.addr(index), size) {
+            Ok(()) => {
+                self.apply(env, index, Event::Onlined);
+                Outcome::Continue
+            }
+            Err(e) => {
+                self.apply(env, index, Event::OnlineFailed);
+                let id = self.partition_id(index);
+                env.log(
+                    Level::Err,
+                    format_args!("cannot add partition {id}: {e:?}; unplugging it"),
+                );
+                self.apply(env, index, Event::StartUnplug);
+                let _ = self.unplug_request(env, index);
+                Outcome::Stop
+            }
+        }
+    }
+
+    /// Plugs partition `index` (`Unplugged`) and onlines it.
+    fn plug<E: Env>(&mut self, env: &mut E, index: usize) -> Outcome {
+        let Ok(request) = self.geometry().plug_request(index) else {
+            return Outcome::Stop;
+        };
+        let id = self.partition_id(index);
+        self.apply(env, index, Event::StartPlug);
+        let (response, action) = match self.send(env, request) {
+            Ok(r) => r,
+            Err(RequestError::NotSent(_)) => {
+                self.apply(env, index, Event::PlugBusy);
+                return Outcome::Stop;
+            }
+            // The partition stays `Plugging`: unknown, and the device is
+            // broken.
+            Err(RequestError::BadResponse(_)) => return Outcome::Stop,
+        };
+        self.apply(env, index, Event::plug_response(response.response_type()));
+        match action {
+            Action::Done => self.online(env, index),
+            Action::Refused => {
+                env.log(
+                    Level::Info,
+                    format_args!("device refused to plug partition {id} (NACK)"),
+                );
+                Outcome::Stop
+            }
+            Action::QueryState => {
+                env.log(
+                    Level::Err,
+                    format_args!("device answered ERROR to PLUG of partition {id}"),
+                );
+                self.query_state(env, index);
+                Outcome::Stop
+            }
+            _ => {
+                let attempts = self.st.policy.max_attempts;
+                env.log(
+                    Level::Warn,
+                    format_args!(
+                        "device busy, partition {id} not plugged after {attempts} attempts"
+                    ),
+                );
+                Outcome::Stop
+            }
+        }
+    }
+
+    /// One round: reads the configuration and moves the plugged size toward
+    /// the target in whole partitions until it is reached, nothing can be
+    /// done now (bound partitions, usable region), or a failure stops it.
+    /// `memory_block` is the kernel's memory block size.
+    pub fn round<E: Env>(&mut self, env: &mut E, memory_block: u64) -> RoundReport {
+        let mut report = RoundReport::default();
+        if self.st.broken {
+            return report;
+        }
+        let start = env.now_us();
+        let mut budget = self
+            .parts
+            .nr_partitions()
+            .saturating_mul(3)
+            .saturating_add(8);
+        while budget > 0 && !self.st.broken {
+            budget = budget.saturating_sub(1);
+            let config = match env.read_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    env.log(Level::Err, format_args!("reading the configuration: {e:?}"));
+                    report.failed = true;
+                    break;
+                }
+            };
+            if !self.take_config(env, config, memory_block) {
+                report.failed = true;
+                break;
+            }
+            self.refresh(env);
+            if !self.resolve_failed(env) {
+                report.failed = true;
+                break;
+            }
+            let target = self.target_bytes();
+            let Some(step) = self.parts.plan(target).next else {
+                break;
+            };
+            let outcome = match step {
+                Step::Plug(i) => {
+                    let o = self.plug(env, i);
+                    if self.parts.state(i) == Some(PartState::Online) {
+                        report.plugged = report.plugged.saturating_add(1);
+                    }
+                    o
+                }
+                Step::Online(i) => self.online(env, i),
+                Step::Offline(i) => {
+                    self.apply(env, i, Event::StartUnplug);
+                    let o = match self.offline_and_unplug(env, i) {
+                        Ok(o) => o,
+                        // It got bound meanwhile: plan again.
+                        Err(UnplugFailure::Busy) => Outcome::Continue,
+                        Err(_) => Outcome::Stop,
+                    };
+                    if self.parts.state(i) == Some(PartState::Unplugged) {
+                        report.unplugged = report.unplugged.saturating_add(1);
+                    }
+                    o
+                }
+                Step::Unplug(i) => {
+                    self.apply(env, i, Event::StartUnplug);
+                    let o = self.unplug_request(env, i);
+                    if self.parts.state(i) == Some(PartState::Unplugged) {
+                        report.unplugged = report.unplugged.saturating_add(1);
+                    }
+                    o
+                }
+            };
+            if matches!(outcome, Outcome::Stop) {
+                report.failed = true;
+                break;
+            }
+        }
+        if report.plugged > 0 || report.unplugged > 0 || report.failed {
+            let (op, partitions) = if report.unplugged > 0 {
+                (Op::Unplug, report.unplugged)
+            } else {
+                (Op::Plug, report.plugged)
+            };
+            self.st.last_op = LastOp {
+                op,
+                result: if report.failed {
+                    OpResult::Partial
+                } else {
+                    OpResult::Ok
+                },
+                partitions,
+                latency_us: env.now_us().saturating_sub(start),
+            };
+        }
+        report
+    }
+
+    /// Explicit unplug of the partition with physical id `id`.
+    pub fn unplug_id<E: Env>(
+        &mut self,
+        env: &mut E,
+        id: u64,
+    ) -> Result<(), UnplugFailure<E::Error>> {
+        let geometry = *self.geometry();
+        let index = control::partition_addr(id, geometry.partition_size())
+            .map(|addr| BlockRange {
+                addr,
+                nb_blocks: geometry.blocks_per_partition(),
+            })
+            .and_then(|range| geometry.partition_index(range).ok())
+            .ok_or(UnplugFailure::Refused(Refusal::Invalid))?;
+        if self.st.broken {
+            return Err(UnplugFailure::Broken);
+        }
+        self.refresh(env);
+        let start = env.now_us();
+        self.parts
+            .unplug_partition(index)
+            .map_err(|e| UnplugFailure::Refused(Refusal::of(&e)))?;
+        let result = self.offline_and_unplug(env, index);
+        let done = usize::from(matches!(result, Ok(Outcome::Continue)));
+        self.finish_explicit(env, start, done, &result);
+        result.and_then(|o| match o {
+            Outcome::Continue => Ok(()),
+            Outcome::Stop => Err(UnplugFailure::Device),
+        })
+    }
+
+    /// Explicit unplug of `n` free partitions (all or nothing).
+    pub fn unplug_free<E: Env>(
+        &mut self,
+        env: &mut E,
+        n: usize,
+    ) -> Result<(), UnplugFailure<E::Error>> {
+        if n == 0 {
+            return Err(UnplugFailure::Refused(Refusal::Invalid));
+        }
+        if self.st.broken {
+            return Err(UnplugFailure::Broken);
+        }
+        self.refresh(env);
+        let start = env.now_us();
+        self.parts
+            .pick_for_unplug(n)
+            .map_err(|e| UnplugFailure::Refused(Refusal::of(&e)))?;
+        let mut result = Ok(Outcome::Continue);
+        let mut done: usize = 0;
+        for index in 0..self.parts.nr_partitions() {
+            if self.parts.state(index) != Some(PartState::Offlining) {
+                continue;
+            }
+            if matches!(result, Ok(Outcome::Continue)) {
+                result = self.offline_and_unplug(env, index);
+                if matches!(result, Ok(Outcome::Continue)) {
+                    done = done.saturating_add(1);
+                }
+            } else {
+                // An earlier one failed: give the rest back untouched.
+                self.apply(env, index, Event::OfflineBusy);
+            }
+        }
+        self.finish_explicit(env, start, done, &result);
+        result.and_then(|o| match o {
+            Outcome::Continue => Ok(()),
+            Outcome::Stop => Err(UnplugFailure::Device),
+        })
+    }
+
+    /// Records an explicit unplug and holds the target back.
+    fn finish_explicit<E: Env>(
+        &mut self,
+        env: &mut E,
+        start: u64,
+        done: usize,
+        result: &Result<Outcome, UnplugFailure<E::Error>>,
+    ) {
+        let outcome = match result {
+            Ok(Outcome::Continue) => OpResult::Ok,
+            Ok(Outcome::Stop) => OpResult::Partial,
+            Err(_) if done > 0 => OpResult::Partial,
+            Err(_) => OpResult::Failed,
+        };
+        let latency_us = env.now_us().saturating_sub(start);
+        self.st.last_op = LastOp {
+            op: Op::SysfsUnplug,
+            result: outcome,
+            partitions: done,
+            latency_us,
+        };
+        if done > 0 {
+            // Do not plug back what the guest gave away until the device
+            // asks for a different size.
+            let committed = self.parts.census().committed();
+            self.st.hold.set(committed, self.st.config.requested_size);
+            env.log(
+                Level::Info,
+                format_args!("unplugged {done} partitions on request in {latency_us} us"),
+            );
+        }
+    }
+
+    /// Unplugs every partition that has no users (module removal) and
+    /// returns what is left.
+    pub fn teardown<E: Env>(&mut self, env: &mut E) -> Census {
+        if !self.st.broken {
+            self.refresh(env);
+            for index in (0..self.parts.nr_partitions()).rev() {
+                match self.parts.state(index) {
+                    Some(PartState::Online) => {
+                        self.apply(env, index, Event::StartUnplug);
+                        let _ = self.offline_and_unplug(env, index);
+                    }
+                    Some(PartState::Plugged) => {
+                        self.apply(env, index, Event::StartUnplug);
+                        let _ = self.unplug_request(env, index);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.parts.census()
+    }
+
+    /// Brings the driver's view in line with the device at probe (every
+    /// partition is taken as unknown first): UNPLUG_ALL if the device has
+    /// memory plugged and the kernel has none of it added; otherwise adopt
+    /// the added partitions and ask the device about the others of the
+    /// usable region with STATE.
+    pub fn probe_sync<E: Env>(&mut self, env: &mut E) -> Result<(), ProbeError<E::Error>> {
+        let plugged = self.st.config.plugged_size;
+        // Nothing is added or in flight yet, so this cannot be refused.
+        let _ = self.parts.reset(plugged);
+        let nr = self.parts.nr_partitions();
+        let mut added: usize = 0;
+        for index in 0..nr {
+            if env.kernel_state(self.addr(index)) != KernelState::NotAdded {
+                added = added.saturating_add(1);
+            }
+        }
+        match control::probe_sync(plugged, added) {
+            ProbeSync::Nothing => Ok(()),
+            ProbeSync::UnplugAll => {
+                env.log(
+                    Level::Info,
+                    format_args!("device has {} MiB plugged; UNPLUG_ALL", plugged >> 20),
+                );
+                match self.send(env, Request::UnplugAll) {
+                    Ok((_, Action::Done)) => {
+                        let _ = self.parts.unplug_all_acked();
+                        Ok(())
+                    }
+                    Ok((response, _)) => {
+                        env.log(Level::Err, format_args!("UNPLUG_ALL answered {response:?}"));
+                        Err(ProbeError::Device)
+                    }
+                    Err(RequestError::NotSent(e)) => Err(ProbeError::Env(e)),
+                    Err(RequestError::BadResponse(_)) => Err(ProbeError::Device),
+                }
+            }
+            ProbeSync::Resolve => self.resolve(env),
+        }
+    }
+
+    /// [`Vmem::probe_sync`] when some partitions are still added.
+    fn resolve<E: Env>(&mut self, env: &mut E) -> Result<(), ProbeError<E::Error>> {
+        let usable = self.parts.usable_partitions();
+        for index in 0..self.parts.nr_partitions() {
+            let added = env.kernel_state(self.addr(index)) != KernelState::NotAdded;
+            let answer = if index < usable {
+                let Ok(request) = self.geometry().state_request(index) else {
+                    return Err(ProbeError::Device);
+                };
+                match self.send(env, request) {
+                    Ok((Response::AckState(state), _)) => state,
+                    Ok((response, _)) => {
+                        env.log(Level::Err, format_args!("STATE answered {response:?}"));
+                        return Err(ProbeError::Device);
+                    }
+                    Err(RequestError::NotSent(e)) => return Err(ProbeError::Env(e)),
+                    Err(RequestError::BadResponse(_)) => return Err(ProbeError::Device),
+                }
+            } else {
+                // Nothing is plugged outside the usable region (and the
+                // device answers ERROR to requests about it).
+                BlockState::Unplugged
+            };
+            self.apply(env, index, Event::StateQueried(answer));
+            if added {
+                let id = self.partition_id(index);
+                if answer != BlockState::Plugged || self.parts.apply(index, Event::Onlined).is_err()
+                {
+                    env.log(
+                        Level::Err,
+                        format_args!("partition {id} is added but {answer:?} on the device"),
+                    );
+                    return Err(ProbeError::Inconsistent);
+                }
+                env.log(Level::Info, format_args!("adopted added partition {id}"));
+            }
+        }
+        self.refresh(env);
+        Ok(())
+    }
+}

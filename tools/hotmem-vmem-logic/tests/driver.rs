@@ -1,0 +1,541 @@
+//! The driver's work (`driver::Vmem`) against a simulated virtio-mem device
+//! and kernel, with injected NACK, BUSY and ERROR answers, requests that are
+//! not sent, failing onlines and bound partitions.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use hotmem_vmem_logic::control::Refusal;
+use hotmem_vmem_logic::driver::{
+    Env, KernelState, Level, Op, OpResult, RemoveError, RequestError, State, UnplugFailure, Vmem,
+};
+use hotmem_vmem_logic::partition::PartState;
+use hotmem_vmem_logic::wire::{BlockState, Config, Request, Response};
+use proptest::prelude::*;
+
+const MIB: u64 = 1 << 20;
+const MEMORY_BLOCK: u64 = 128 * MIB;
+const PART: u64 = 128 * MIB;
+const BLOCK: u64 = 2 * MIB;
+const BASE: u64 = 1 << 32;
+const N: usize = 8;
+
+/// A fault injected into the next request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    Busy,
+    Nack,
+    Error,
+    NotSent,
+}
+
+/// The simulated device and kernel.
+struct Sim {
+    requested: u64,
+    usable: u64,
+    /// Plugged on the device, per partition.
+    plugged: [bool; N],
+    /// Added in the kernel, per partition.
+    added: [bool; N],
+    /// Bound in the kernel, per partition.
+    in_use: [bool; N],
+    faults: VecDeque<Fault>,
+    fail_add: VecDeque<bool>,
+    /// A partition unplugged on the device while its memory was added.
+    violations: Vec<String>,
+    now: u64,
+    log: Vec<String>,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self {
+            requested: 0,
+            usable: N as u64 * PART,
+            plugged: [false; N],
+            added: [false; N],
+            in_use: [false; N],
+            faults: VecDeque::new(),
+            fail_add: VecDeque::new(),
+            violations: Vec::new(),
+            now: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            block_size: BLOCK,
+            node_id: 0,
+            addr: BASE,
+            region_size: N as u64 * PART,
+            usable_region_size: self.usable,
+            plugged_size: self.plugged_bytes(),
+            requested_size: self.requested,
+        }
+    }
+
+    fn plugged_bytes(&self) -> u64 {
+        self.plugged.iter().filter(|p| **p).count() as u64 * PART
+    }
+
+    fn index(addr: u64) -> usize {
+        ((addr - BASE) / PART) as usize
+    }
+
+    fn whole(&self, addr: u64, nb_blocks: u16) -> Option<usize> {
+        let i = Self::index(addr);
+        (addr >= BASE
+            && (addr - BASE) % PART == 0
+            && u64::from(nb_blocks) * BLOCK == PART
+            && addr - BASE + PART <= self.usable)
+            .then_some(i)
+    }
+}
+
+impl Env for Sim {
+    type Error = i32;
+
+    fn read_config(&mut self) -> Result<Config, i32> {
+        Ok(self.config())
+    }
+
+    fn request(&mut self, request: Request) -> Result<Response, RequestError<i32>> {
+        let fault = self.faults.pop_front().unwrap_or(Fault::None);
+        match (fault, request) {
+            (Fault::NotSent, _) => return Err(RequestError::NotSent(-12)),
+            (Fault::Busy, Request::State(_)) | (Fault::Nack | Fault::Error, Request::UnplugAll) => {
+            }
+            (Fault::Busy, _) => return Ok(Response::Busy),
+            (Fault::Nack, Request::Plug(_) | Request::Unplug(_)) => return Ok(Response::Nack),
+            (Fault::Error, Request::Plug(_) | Request::Unplug(_)) => return Ok(Response::Error),
+            _ => {}
+        }
+        Ok(match request {
+            Request::Plug(r) => match self.whole(r.addr, r.nb_blocks) {
+                None => Response::Error,
+                Some(i) if self.plugged[i] => Response::Error,
+                Some(_) if self.plugged_bytes() + PART > self.requested => Response::Nack,
+                Some(i) => {
+                    self.plugged[i] = true;
+                    Response::Ack
+                }
+            },
+            Request::Unplug(r) => match self.whole(r.addr, r.nb_blocks) {
+                Some(i) if self.plugged[i] => {
+                    if self.added[i] {
+                        self.violations
+                            .push(format!("partition {i} unplugged while added"));
+                    }
+                    self.plugged[i] = false;
+                    Response::Ack
+                }
+                _ => Response::Error,
+            },
+            Request::UnplugAll => {
+                if self.added.iter().any(|a| *a) {
+                    self.violations.push("UNPLUG_ALL with memory added".into());
+                }
+                self.plugged = [false; N];
+                Response::Ack
+            }
+            Request::State(r) => match self.whole(r.addr, r.nb_blocks) {
+                Some(i) if self.plugged[i] => Response::AckState(BlockState::Plugged),
+                Some(_) => Response::AckState(BlockState::Unplugged),
+                None => Response::Error,
+            },
+        })
+    }
+
+    fn sleep_ms(&mut self, ms: u32) {
+        self.now += u64::from(ms) * 1000;
+    }
+
+    fn now_us(&mut self) -> u64 {
+        self.now += 1;
+        self.now
+    }
+
+    fn add(&mut self, addr: u64, size: u64) -> Result<(), i32> {
+        assert_eq!(size, PART);
+        let i = Self::index(addr);
+        assert!(self.plugged[i], "partition {i} added but not plugged");
+        assert!(!self.added[i], "partition {i} added twice");
+        if self.fail_add.pop_front().unwrap_or(false) {
+            return Err(-12);
+        }
+        self.added[i] = true;
+        Ok(())
+    }
+
+    fn remove(&mut self, addr: u64, size: u64) -> Result<(), RemoveError<i32>> {
+        assert_eq!(size, PART);
+        let i = Self::index(addr);
+        assert!(self.added[i], "partition {i} removed but not added");
+        if self.in_use[i] {
+            return Err(RemoveError::Busy);
+        }
+        self.added[i] = false;
+        Ok(())
+    }
+
+    fn kernel_state(&mut self, addr: u64) -> KernelState {
+        let i = Self::index(addr);
+        match (self.added[i], self.in_use[i]) {
+            (false, _) => KernelState::NotAdded,
+            (true, false) => KernelState::Free,
+            (true, true) => KernelState::InUse,
+        }
+    }
+
+    fn log(&mut self, level: Level, args: fmt::Arguments<'_>) {
+        self.log.push(format!("{level:?}: {args}"));
+    }
+}
+
+/// The driver of one simulated device.
+struct Driver {
+    parts: Vec<PartState>,
+    st: State,
+}
+
+impl Driver {
+    fn probe(sim: &mut Sim) -> Self {
+        let config = sim.config();
+        let geometry = config.validate(MEMORY_BLOCK, PART).unwrap();
+        assert_eq!(geometry.nr_partitions(), N);
+        let mut d = Self {
+            parts: vec![PartState::Unplugged; N],
+            st: State::new(config),
+        };
+        d.vmem().probe_sync(sim).unwrap();
+        d
+    }
+
+    fn vmem(&mut self) -> Vmem<'_> {
+        let geometry = self.st.config.validate(MEMORY_BLOCK, PART).unwrap();
+        Vmem::new(geometry, &mut self.parts, &mut self.st).unwrap()
+    }
+
+    /// The invariants that hold between operations, unless the device was
+    /// marked broken.
+    fn check(&mut self, sim: &Sim) {
+        assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+        if self.st.broken {
+            return;
+        }
+        for (i, state) in self.parts.iter().enumerate() {
+            assert!(
+                matches!(
+                    state,
+                    PartState::Unplugged
+                        | PartState::Plugged
+                        | PartState::Online
+                        | PartState::Bound
+                        | PartState::Failed
+                ),
+                "partition {i} left {state:?}\n{:#?}",
+                sim.log
+            );
+            if *state != PartState::Failed {
+                let plugged = *state != PartState::Unplugged;
+                assert_eq!(
+                    plugged, sim.plugged[i],
+                    "partition {i} ({state:?}): device disagrees"
+                );
+            }
+            assert_eq!(
+                state.memory_added(),
+                sim.added[i],
+                "partition {i} ({state:?}): kernel disagrees"
+            );
+        }
+        if !self.parts.contains(&PartState::Failed) {
+            let vmem = self.vmem();
+            assert_eq!(vmem.plugged_bytes(), sim.plugged_bytes());
+        }
+    }
+}
+
+#[test]
+fn grows_and_shrinks_in_whole_partitions() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 3 * PART + PART / 2;
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!((r.plugged, r.unplugged, r.failed), (3, 0, false));
+    assert_eq!(
+        sim.plugged,
+        [true, true, true, false, false, false, false, false]
+    );
+    assert_eq!(sim.added, sim.plugged);
+    assert_eq!(d.st.last_op.op, Op::Plug);
+    d.check(&sim);
+
+    sim.requested = PART;
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!((r.plugged, r.unplugged, r.failed), (0, 2, false));
+    assert_eq!(sim.plugged_bytes(), PART);
+    d.check(&sim);
+}
+
+#[test]
+fn bound_partitions_stay_until_released() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 3 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    sim.in_use[1] = true;
+    sim.in_use[2] = true;
+    sim.requested = 0;
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(r.unplugged, 1);
+    assert_eq!(
+        sim.plugged,
+        [false, true, true, false, false, false, false, false]
+    );
+    d.check(&sim);
+    // Nothing to do until a release.
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(r, Default::default());
+    sim.in_use[2] = false;
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(r.unplugged, 1);
+    assert_eq!(sim.plugged_bytes(), PART);
+    d.check(&sim);
+}
+
+#[test]
+fn explicit_unplug_refusals_change_nothing() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 2 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    sim.in_use[0] = true;
+    let id0 = BASE / PART;
+    let before = (sim.plugged, d.parts.clone());
+    let mut v = d.vmem();
+    assert_eq!(
+        v.unplug_id(&mut sim, id0),
+        Err(UnplugFailure::Refused(Refusal::Busy))
+    );
+    assert_eq!(
+        v.unplug_id(&mut sim, id0 + 5),
+        Err(UnplugFailure::Refused(Refusal::Invalid)),
+        "not online"
+    );
+    assert_eq!(
+        v.unplug_id(&mut sim, 3),
+        Err(UnplugFailure::Refused(Refusal::Invalid)),
+        "outside the device"
+    );
+    assert_eq!(
+        v.unplug_free(&mut sim, 2),
+        Err(UnplugFailure::Refused(Refusal::Busy))
+    );
+    assert_eq!(
+        v.unplug_free(&mut sim, 0),
+        Err(UnplugFailure::Refused(Refusal::Invalid))
+    );
+    assert_eq!(before.0, sim.plugged);
+    assert_eq!(before.1[1], PartState::Online);
+    // One free partition can go; it is not plugged back for the same
+    // request.
+    assert_eq!(d.vmem().unplug_free(&mut sim, 1), Ok(()));
+    assert_eq!(sim.plugged_bytes(), PART);
+    assert_eq!(
+        (
+            d.st.last_op.op,
+            d.st.last_op.result,
+            d.st.last_op.partitions
+        ),
+        (Op::SysfsUnplug, OpResult::Ok, 1)
+    );
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(r, Default::default());
+    // A new request lifts the hold-back.
+    sim.requested = 3 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(sim.plugged_bytes(), 3 * PART);
+    d.check(&sim);
+}
+
+#[test]
+fn busy_is_retried_with_backoff_then_abandoned() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = PART;
+    sim.faults.extend([Fault::Busy; 3]);
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!((r.plugged, r.failed), (1, false));
+    assert!(sim.now >= 70_000, "10 + 20 + 40 ms of backoff");
+    sim.requested = 2 * PART;
+    sim.faults.extend([Fault::Busy; 10]);
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!((r.plugged, r.failed), (0, true));
+    d.check(&sim);
+    // The next trigger plugs it.
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(r.plugged, 1);
+    d.check(&sim);
+}
+
+#[test]
+fn failed_online_is_unplugged_again() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 2 * PART;
+    sim.fail_add.push_back(true);
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert!(r.failed);
+    assert_eq!(sim.plugged_bytes(), 0, "nothing plugged that is not added");
+    d.check(&sim);
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(sim.plugged_bytes(), 2 * PART);
+    d.check(&sim);
+}
+
+#[test]
+fn probe_unplugs_all_or_adopts() {
+    // Plugged, nothing added: UNPLUG_ALL.
+    let mut sim = Sim::new();
+    sim.plugged[3] = true;
+    let mut d = Driver::probe(&mut sim);
+    assert_eq!(sim.plugged_bytes(), 0);
+    d.check(&sim);
+    // A previous driver left partition 2 added and bound, 5 plugged only.
+    let mut sim = Sim::new();
+    sim.plugged[2] = true;
+    sim.added[2] = true;
+    sim.in_use[2] = true;
+    sim.plugged[5] = true;
+    let mut d = Driver::probe(&mut sim);
+    assert_eq!(d.parts[2], PartState::Bound);
+    assert_eq!(d.parts[5], PartState::Plugged);
+    d.check(&sim);
+    sim.requested = 0;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(sim.plugged_bytes(), PART);
+    sim.in_use[2] = false;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(sim.plugged_bytes(), 0);
+    d.check(&sim);
+}
+
+#[test]
+fn teardown_keeps_bound_partitions() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 3 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    sim.in_use[0] = true;
+    let left = d.vmem().teardown(&mut sim);
+    assert_eq!((left.bound, left.online, left.plugged), (1, 0, 0));
+    assert_eq!(
+        sim.plugged,
+        [true, false, false, false, false, false, false, false]
+    );
+    d.check(&sim);
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Request(usize),
+    Bind(usize),
+    Release(usize),
+    Round,
+    UnplugId(usize),
+    UnplugFree(usize),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        3 => (0..=N).prop_map(Action::Request),
+        2 => (0..N).prop_map(Action::Bind),
+        2 => (0..N).prop_map(Action::Release),
+        4 => Just(Action::Round),
+        1 => (0..N + 2).prop_map(Action::UnplugId),
+        1 => (0..4usize).prop_map(Action::UnplugFree),
+    ]
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        12 => Just(Fault::None),
+        3 => Just(Fault::Busy),
+        1 => Just(Fault::Nack),
+        1 => Just(Fault::Error),
+        1 => Just(Fault::NotSent),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Whatever the device answers and whatever the kernel does, between
+    /// operations every partition is settled, the driver's view of what is
+    /// plugged equals the device's, its view of what is added equals the
+    /// kernel's, and nothing added or bound is ever unplugged.
+    #[test]
+    fn driver_and_device_agree_under_faults(
+        actions in proptest::collection::vec(action(), 1..40),
+        faults in proptest::collection::vec(fault(), 0..60),
+        fail_add in proptest::collection::vec(proptest::bool::weighted(0.1), 0..10),
+    ) {
+        let mut sim = Sim::new();
+        let mut d = Driver::probe(&mut sim);
+        sim.faults.extend(faults);
+        sim.fail_add.extend(fail_add);
+        for action in actions {
+            match action {
+                Action::Request(n) => {
+                    sim.requested = n as u64 * PART;
+                    d.vmem().round(&mut sim, MEMORY_BLOCK);
+                }
+                Action::Bind(i) => {
+                    if sim.added[i] {
+                        sim.in_use[i] = true;
+                    }
+                }
+                Action::Release(i) => {
+                    sim.in_use[i] = false;
+                    d.vmem().round(&mut sim, MEMORY_BLOCK);
+                }
+                Action::Round => {
+                    d.vmem().round(&mut sim, MEMORY_BLOCK);
+                }
+                Action::UnplugId(i) => {
+                    let bound = i < N && sim.in_use[i];
+                    let r = d.vmem().unplug_id(&mut sim, BASE / PART + i as u64);
+                    if bound {
+                        prop_assert!(r.is_err());
+                    }
+                }
+                Action::UnplugFree(n) => {
+                    let _ = d.vmem().unplug_free(&mut sim, n);
+                }
+            }
+            d.check(&sim);
+            for i in 0..N {
+                if sim.in_use[i] {
+                    prop_assert!(sim.plugged[i] && sim.added[i], "bound partition {i} lost");
+                }
+            }
+        }
+        // With the faults used up, one more round settles at the target.
+        if !d.st.broken {
+            sim.faults.clear();
+            sim.fail_add.clear();
+            d.vmem().round(&mut sim, MEMORY_BLOCK);
+            d.check(&sim);
+            prop_assert!(!d.parts.contains(&PartState::Failed));
+            let target = d.vmem().target_bytes();
+            let bound = sim.in_use.iter().filter(|b| **b).count() as u64 * PART;
+            prop_assert_eq!(sim.plugged_bytes(), target.max(bound) / PART * PART);
+        }
+    }
+}
