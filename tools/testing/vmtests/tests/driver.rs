@@ -278,3 +278,31 @@ fn rust_driver_follows_racing_requests() {
     );
     vm.shutdown().or_panic("shutting down");
 }
+
+/// A device the driver cannot serve in partitions (device blocks larger
+/// than a partition) is refused with a clear message and left alone.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_refuses_a_device_it_cannot_serve() {
+    let mut cfg = driver_config("rust_driver_refuses_device", true);
+    cfg.vmem_block_size = 2 * PARTITION;
+    cfg.vmem_requested = 2 * PARTITION;
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    assert!(
+        dmesg.contains("cannot serve this device") && dmesg.contains("exceeds the partition size"),
+        "no clear refusal in dmesg:\n{}",
+        vm.console_tail(20)
+    );
+    assert!(
+        !vm.exec(&["test", "-d", SYSFS])
+            .or_panic("test -d")
+            .success(),
+        "{SYSFS} exists for a refused device"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), 0);
+    vm.exec_ok(&["rmmod", MODULE]).or_panic("rmmod");
+    vm.shutdown().or_panic("shutting down");
+}
