@@ -86,6 +86,37 @@ fn wait_partition_use(vm: &mut Vm, id: u64, bytes: u64) -> Instance {
     }
 }
 
+/// Collects events until instance `id`'s exit; checks an OOM-kill event
+/// came with it when the exit says so, and returns the exit.
+fn wait_exit_event(vm: &mut Vm, id: u64) -> hotmem_proto::InstanceExit {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut events = Vec::new();
+    loop {
+        if let Some(exit) = events.iter().find_map(|e: &hotmem_proto::InstanceEvent| {
+            (e.instance == id && e.kind == InstanceEventKind::InstanceExited)
+                .then(|| e.exit.clone())
+                .flatten()
+        }) {
+            let oom_event = events
+                .iter()
+                .any(|e| e.instance == id && e.kind == InstanceEventKind::OomKilled);
+            assert_eq!(oom_event, exit.oom_killed, "{events:?}");
+            return exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit event for {id}: {events:?}"
+        );
+        let got: EventList = vm
+            .agent_call(
+                Op::Events(EventsArgs { wait_ms: 2000 }),
+                Some(Duration::from_secs(30)),
+            )
+            .or_panic("events");
+        events.extend(got.events);
+    }
+}
+
 #[test]
 #[ignore = "boots a QEMU guest; run via make check"]
 fn agent_instances_start_list_stop_events() {
@@ -207,6 +238,19 @@ fn agent_instances_start_list_stop_events() {
         .unwrap();
     assert_eq!(c_listed.state, InstanceState::Exited);
     stop(&mut vm, c.instance);
+
+    // Without a memory limit the partition is the bound: going past it is a
+    // partition-scoped OOM kill, reported the same way.
+    let d = start(
+        &mut vm,
+        &["hotmem-memhog", "--size", "200M", "--hold-ms", "600000"],
+        None,
+    )
+    .or_panic("start an instance bigger than its partition");
+    assert_eq!(d.partition, Some(pb));
+    let exit = wait_exit_event(&mut vm, d.instance);
+    assert!(exit.oom_killed && !exit.stopped, "{exit:?}");
+    stop(&mut vm, d.instance);
 
     // Unknown instances are errors, not crashes; the agent keeps serving.
     let err = vm
