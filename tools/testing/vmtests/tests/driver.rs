@@ -53,6 +53,15 @@ fn partitions(vm: &mut Vm) -> Vec<(u64, String)> {
         .collect()
 }
 
+fn vmstat(vm: &mut Vm, key: &str) -> u64 {
+    let text = vm
+        .read_file("/proc/vmstat")
+        .or_panic("reading /proc/vmstat");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing from /proc/vmstat"))
+}
+
 fn meminfo(vm: &mut Vm, key: &str) -> u64 {
     *vm.meminfo()
         .or_panic("reading /proc/meminfo")
@@ -198,9 +207,16 @@ fn rust_driver_plug_unplug_sysfs_reload() {
         .filter(|(id, _)| *id != bound)
         .map(|(id, _)| id)
         .collect();
+    let (fast, slow) = (
+        vmstat(&mut vm, "hotmem_offline_fast"),
+        vmstat(&mut vm, "hotmem_offline_slow"),
+    );
     vm.write_file(&format!("{SYSFS}/unplug"), &free[0].to_string())
         .or_panic("unplugging a free partition through sysfs");
     assert_eq!(vm.plugged_size().or_panic("plugged size"), 3 * PARTITION);
+    // Through the fast offline path: one 128 MiB block, nothing migrated.
+    assert_eq!(vmstat(&mut vm, "hotmem_offline_fast"), fast + 1);
+    assert_eq!(vmstat(&mut vm, "hotmem_offline_slow"), slow);
     assert!(sysfs(&mut vm, "last_op").starts_with("sysfs_unplug ok 1 "));
     vm.write_file(&format!("{SYSFS}/unplug_free"), "1")
         .or_panic("unplugging one free partition through sysfs");
