@@ -131,6 +131,30 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Unplug one partition (or --unit in a vanilla guest) without stopping
+    /// an instance, e.g. a free partition left by `scale-down --keep-plugged`.
+    Unplug {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// The partition, for `--trigger sysfs` (`{partition}`).
+        #[arg(long)]
+        partition: Option<u64>,
+        /// How to unplug.
+        #[arg(long, value_enum, default_value_t = TriggerArg::Qmp)]
+        trigger: TriggerArg,
+        /// The guest file written for `--trigger sysfs`.
+        #[arg(long, env = "HOTMEM_SYSFS_TRIGGER", default_value = DEFAULT_SYSFS_TRIGGER)]
+        sysfs_trigger: String,
+        /// What `--trigger sysfs` writes.
+        #[arg(long, default_value = "{partition}")]
+        sysfs_value: String,
+        /// Bytes to unplug in a hotmem=off (vanilla) guest.
+        #[arg(long, value_parser = parse_size, default_value = "128M")]
+        unit: u64,
+        /// Limit for the unplug, seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// List the guest's function instances with partition and memory use.
     Instances {
         #[command(flatten)]
@@ -211,10 +235,11 @@ enum TriggerArg {
     Sysfs,
 }
 
-/// Default `--sysfs-trigger`: the HotMem virtio-mem driver's per-device
-/// attribute (override it if the driver names it differently).
-const DEFAULT_SYSFS_TRIGGER: &str =
-    "/sys/bus/virtio/drivers/hotmem_virtio_mem/virtio0/unplug_partition";
+/// Default `--sysfs-trigger`: the HotMem virtio-mem driver's `unplug`
+/// attribute (takes a partition id) of the virtio-mem device, which is
+/// `virtio1` in hotmemctl's guests (`virtio0` is the agent's serial port).
+/// See Documentation/admin-guide/mm/hotmem-virtio-mem.rst.
+const DEFAULT_SYSFS_TRIGGER: &str = "/sys/bus/virtio/devices/virtio1/hotmem/unplug";
 
 /// Selects a running session.
 #[derive(Debug, Args)]
@@ -395,6 +420,33 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let mut vm = Vm::attach(&session.dir)?;
             let report = scale::scale_down(&mut vm, &opts)?;
             emit(json, &report, scale::render_down)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unplug {
+            session,
+            partition,
+            trigger,
+            sysfs_trigger,
+            sysfs_value,
+            unit,
+            timeout,
+        } => {
+            let trigger = match trigger {
+                TriggerArg::Qmp => Trigger::Qmp,
+                TriggerArg::Sysfs => Trigger::Sysfs {
+                    path: sysfs_trigger,
+                    value: sysfs_value,
+                },
+            };
+            let mut vm = Vm::attach(&session.dir)?;
+            let report = scale::unplug(
+                &mut vm,
+                partition,
+                &trigger,
+                unit,
+                Duration::from_secs(timeout),
+            )?;
+            emit(json, &report, scale::render_unplug)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Instances { session } => {

@@ -394,7 +394,14 @@ pub fn scale_down(vm: &mut Vm, opts: &ScaleDownOptions) -> Result<ScaleDownRepor
     };
     let (mut reclaim_ms, mut cpu, mut unplugged_bytes, mut trigger) = (None, None, 0, None);
     if !opts.keep_plugged {
-        let (took, busy) = reclaim(vm, unit, &opts.trigger, instance.partition, opts.timeout)?;
+        let (took, busy) = reclaim(vm, unit, &opts.trigger, instance.partition, opts.timeout)
+            .map_err(|e| {
+                failed(format!(
+                    "instance {} was stopped (partition {:?}), but giving its memory back \
+                     failed; retry with `hotmemctl unplug`: {e}",
+                    instance.instance, instance.partition
+                ))
+            })?;
         reclaim_ms = Some(ms(took));
         cpu = busy;
         unplugged_bytes = unit;
@@ -411,6 +418,62 @@ pub fn scale_down(vm: &mut Vm, opts: &ScaleDownOptions) -> Result<ScaleDownRepor
         total_ms: ms(start.elapsed()),
         memory: guest_memory(vm)?,
     })
+}
+
+/// What [`unplug`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnplugReport {
+    /// `hotmem` or `vanilla`.
+    pub mode: &'static str,
+    /// Bytes unplugged.
+    pub unplugged_bytes: u64,
+    /// Reclaim latency, ms.
+    pub reclaim_ms: f64,
+    /// Guest CPU time during the reclaim, ms.
+    pub reclaim_guest_cpu_ms: Option<f64>,
+    /// How.
+    pub trigger: Trigger,
+    /// Memory afterwards.
+    pub memory: GuestMemory,
+}
+
+/// Gives one partition (HotMem) or `vanilla_unit` bytes back without
+/// stopping anything; `partition` fills `{partition}` of a sysfs trigger.
+pub fn unplug(
+    vm: &mut Vm,
+    partition: Option<u64>,
+    trigger: &Trigger,
+    vanilla_unit: u64,
+    timeout: Duration,
+) -> Result<UnplugReport, VmError> {
+    let parts = partitions(vm)?;
+    let unit = if parts.enabled {
+        parts.partition_size
+    } else {
+        vanilla_unit
+    };
+    let (took, cpu) = reclaim(vm, unit, trigger, partition, timeout)?;
+    Ok(UnplugReport {
+        mode: if parts.enabled { "hotmem" } else { "vanilla" },
+        unplugged_bytes: unit,
+        reclaim_ms: ms(took),
+        reclaim_guest_cpu_ms: cpu,
+        trigger: trigger.clone(),
+        memory: guest_memory(vm)?,
+    })
+}
+
+/// Human rendering of an unplug.
+pub fn render_unplug(r: &UnplugReport) -> String {
+    format!(
+        "reclaimed {} ({}) in {:.1} ms (guest CPU {} ms); plugged {}, MemFree {} kB\n",
+        HumanSize(r.unplugged_bytes),
+        r.mode,
+        r.reclaim_ms,
+        opt_ms(r.reclaim_guest_cpu_ms),
+        HumanSize(r.memory.plugged),
+        r.memory.mem_free_kib
+    )
 }
 
 fn opt_ms(v: Option<f64>) -> String {

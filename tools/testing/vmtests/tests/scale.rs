@@ -137,3 +137,53 @@ fn scale_up_down_vanilla() {
     assert_eq!(down.memory.plugged, 0);
     vm.shutdown().or_panic("shutdown");
 }
+
+/// With the Rust HotMem driver (`hotmem_virtio_mem`), which onlines
+/// partitions itself: scale-up, then scale-down through its sysfs trigger
+/// and through QMP.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn scale_up_down_rust_driver_sysfs_trigger() {
+    let mut cfg: VmConfig = config("scale_up_down_rust_driver_sysfs_trigger");
+    cfg.append = "hotmem=on hotmem_partition_size=128M".to_owned();
+    let mut vm = Vm::boot(&cfg).or_panic("booting the guest");
+    vm.set_command_timeout(Duration::from_secs(120));
+    vm.exec_ok(&["modprobe", "hotmem_virtio_mem"])
+        .or_panic("modprobe hotmem_virtio_mem");
+    let up1 = scale::scale_up(&mut vm, &memhog("32M")).or_panic("scale-up 1");
+    let up2 = scale::scale_up(&mut vm, &memhog("32M")).or_panic("scale-up 2");
+    assert_eq!(
+        (up1.onlined_blocks, up2.onlined_blocks),
+        (0, 0),
+        "the driver onlines its partitions itself"
+    );
+    assert_eq!(up2.memory.plugged, 2 * BLOCK);
+    let part1 = up1.instance.partition.unwrap();
+
+    let mut down = ScaleDownOptions::new(up1.instance.instance);
+    down.trigger = Trigger::Sysfs {
+        path: "/sys/bus/virtio/devices/virtio1/hotmem/unplug".into(),
+        value: "{partition}".into(),
+    };
+    let r = scale::scale_down(&mut vm, &down).or_panic("scale-down via sysfs");
+    assert_eq!(r.memory.plugged, BLOCK);
+    assert_eq!(r.memory.requested, BLOCK, "requested-size follows");
+    let last_op = vm
+        .read_file("/sys/bus/virtio/devices/virtio1/hotmem/last_op")
+        .or_panic("last_op");
+    assert!(last_op.starts_with("sysfs_unplug ok 1 "), "{last_op}");
+    let state = vm
+        .read_file(&format!(
+            "/sys/kernel/mm/hotmem/partitions/part{part1}/state"
+        ))
+        .unwrap_or_else(|_| "gone".into());
+    assert!(
+        matches!(state.trim(), "absent" | "gone"),
+        "partition {part1} was the one unplugged: {state}"
+    );
+
+    let r = scale::scale_down(&mut vm, &ScaleDownOptions::new(up2.instance.instance))
+        .or_panic("scale-down via QMP");
+    assert_eq!(r.memory.plugged, 0);
+    vm.shutdown().or_panic("shutdown");
+}
