@@ -622,6 +622,7 @@ mod tests {
             sysfs: SysfsPaths {
                 hotmem: dir.path().join("no-hotmem"),
                 memory: dir.path().join("no-memory"),
+                hotmem_driver: dir.path().join("no-driver"),
             },
         };
         (dir, Instances::new(cfg))

@@ -22,6 +22,9 @@ pub struct SysfsPaths {
     pub hotmem: PathBuf,
     /// `/sys/devices/system/memory`.
     pub memory: PathBuf,
+    /// The HotMem virtio-mem driver's directory on the virtio bus; while
+    /// it is bound to a device, that driver onlines its partitions itself.
+    pub hotmem_driver: PathBuf,
 }
 
 impl Default for SysfsPaths {
@@ -29,6 +32,7 @@ impl Default for SysfsPaths {
         Self {
             hotmem: PathBuf::from("/sys/kernel/mm/hotmem"),
             memory: PathBuf::from("/sys/devices/system/memory"),
+            hotmem_driver: PathBuf::from("/sys/bus/virtio/drivers/hotmem_virtio_mem"),
         }
     }
 }
@@ -142,10 +146,23 @@ impl SysfsPaths {
         })
     }
 
+    /// True while the HotMem virtio-mem driver is bound to a device.
+    pub fn hotmem_driver_bound(&self) -> bool {
+        numbered(&self.hotmem_driver, "virtio").is_ok_and(|devs| !devs.is_empty())
+    }
+
     /// The `online_hotmem_blocks` operation: `online_hotmem` into every
-    /// offline block. Nothing offline is not an error.
+    /// offline block. Nothing offline is not an error. A no-op while the
+    /// HotMem virtio-mem driver is bound: it onlines (or gives back) the
+    /// blocks it adds itself, and racing it would make its onlining fail.
     pub fn online_hotmem_blocks(&self) -> Result<OnlineResult, ErrorInfo> {
         let start = Instant::now();
+        if self.hotmem_driver_bound() {
+            return Ok(OnlineResult {
+                onlined: Vec::new(),
+                duration_us: micros(start.elapsed()),
+            });
+        }
         let mut onlined = Vec::new();
         let mut failures = Vec::new();
         for (n, state) in self.offline_blocks()? {
@@ -228,6 +245,7 @@ mod tests {
         let paths = SysfsPaths {
             hotmem: dir.path().join("hotmem"),
             memory: dir.path().join("memory"),
+            hotmem_driver: dir.path().join("driver"),
         };
         fs::create_dir_all(&paths.hotmem).unwrap();
         fs::write(paths.hotmem.join("enabled"), "1\n").unwrap();
@@ -279,6 +297,16 @@ mod tests {
     }
 
     #[test]
+    fn no_onlining_while_the_hotmem_driver_is_bound() {
+        let (_dir, paths) = fake();
+        fs::create_dir_all(paths.hotmem_driver.join("virtio1")).unwrap();
+        assert!(paths.hotmem_driver_bound());
+        assert!(paths.online_hotmem_blocks().unwrap().onlined.is_empty());
+        let state = fs::read_to_string(paths.memory.join("memory10/state")).unwrap();
+        assert_eq!(state, "offline\n");
+    }
+
+    #[test]
     fn waiting_for_partitions() {
         let (_dir, paths) = fake();
         let args = |count| WaitFreePartitionsArgs {
@@ -301,6 +329,7 @@ mod tests {
         let paths = SysfsPaths {
             hotmem: dir.path().join("none"),
             memory: dir.path().join("none"),
+            hotmem_driver: dir.path().join("none"),
         };
         let r = paths.partitions().unwrap();
         assert!(!r.enabled && r.partitions.is_empty());

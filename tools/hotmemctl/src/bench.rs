@@ -49,6 +49,8 @@ pub struct BenchOptions {
     pub quick: bool,
     /// Run only these experiments (`fig7` needs `fig5`'s runs).
     pub only: Vec<String>,
+    /// virtio-mem driver of the HotMem guests.
+    pub hotmem_driver: String,
 }
 
 impl BenchOptions {
@@ -169,6 +171,9 @@ pub struct BenchReport {
     pub quick: bool,
     /// Guest kernel.
     pub kernel_release: String,
+    /// virtio-mem driver of the HotMem guests.
+    #[serde(default)]
+    pub hotmem_driver: String,
     /// Fig. 5 and 7.
     pub by_size: Vec<SizePoint>,
     /// Fig. 6.
@@ -215,7 +220,11 @@ impl Guest {
         if mode == Mode::Vanilla {
             vm.write_file(AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY)?;
         }
-        vm.exec_ok(&["modprobe", "virtio_mem"])?;
+        let driver = match mode {
+            Mode::Hotmem => opts.hotmem_driver.as_str(),
+            Mode::Vanilla => crate::scenario::C_DRIVER,
+        };
+        vm.exec_ok(&["modprobe", driver])?;
         Ok(Guest { vm, mode })
     }
 
@@ -545,6 +554,7 @@ pub fn run_bench(
     let mut report = BenchReport {
         accel: Some(opts.base.accel),
         quick: opts.quick,
+        hotmem_driver: opts.hotmem_driver.clone(),
         ..BenchReport::default()
     };
     if opts.wants("fig5") || opts.wants("fig7") {
@@ -885,7 +895,15 @@ pub fn render_summary(r: &BenchReport) -> String {
             ))
         ));
     }
-    out.push_str(&format!("bench wall time {:.0} s\n", r.wall_s));
+    out.push_str(&format!(
+        "bench wall time {:.0} s; HotMem guests with {}, vanilla guests with virtio_mem\n",
+        r.wall_s,
+        if r.hotmem_driver.is_empty() {
+            "virtio_mem"
+        } else {
+            &r.hotmem_driver
+        }
+    ));
     if r.accel == Some(Accel::Tcg) {
         out.push_str(
             "note: the guests run under TCG (software emulation): absolute times are not \
@@ -929,6 +947,7 @@ mod tests {
             accel: Some(Accel::Tcg),
             quick: true,
             kernel_release: "6.12".into(),
+            hotmem_driver: "virtio_mem".into(),
             by_size: vec![SizePoint {
                 size: BLOCK,
                 hotmem: rc(Mode::Hotmem, 10.0),

@@ -187,6 +187,11 @@ enum Cmd {
         /// Memory each instance allocates and touches.
         #[arg(long, value_parser = parse_size, default_value = "96M")]
         instance_mem: u64,
+        /// virtio-mem driver of the HotMem guest: the C driver (the agent
+        /// onlines its blocks into HotMem) or the Rust HotMem driver.
+        #[arg(long, default_value = scenario::C_DRIVER,
+              value_parser = [scenario::C_DRIVER, scenario::RUST_DRIVER])]
+        hotmem_driver: String,
     },
     /// The paper's experiments (Fig. 5, 6, 7, 9 and a 1 GiB comparison),
     /// HotMem side by side with vanilla virtio-mem: JSON, SVG plots and a
@@ -203,6 +208,10 @@ enum Cmd {
         /// Fewer sizes and levels (a few minutes under TCG).
         #[arg(long)]
         quick: bool,
+        /// virtio-mem driver of the HotMem guests.
+        #[arg(long, default_value = scenario::C_DRIVER,
+              value_parser = [scenario::C_DRIVER, scenario::RUST_DRIVER])]
+        hotmem_driver: String,
         /// Only these experiments (comma-separated: fig5,fig6,fig7,fig9,compare).
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(hotmemctl::bench::EXPERIMENTS))]
         only: Vec<String>,
@@ -511,6 +520,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             dir,
             instances,
             instance_mem,
+            hotmem_driver,
         } => {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("hotmem-demo-{}", std::process::id()))
@@ -518,6 +528,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let params = ScenarioParams {
                 instances,
                 instance_mem,
+                hotmem_driver,
             };
             scale_demo(&vm.config(&dir), params, json)
         }
@@ -535,6 +546,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             dir,
             out,
             quick,
+            hotmem_driver,
             only,
         } => {
             let opts = BenchOptions {
@@ -542,6 +554,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 out,
                 quick,
                 only,
+                hotmem_driver,
             };
             bench(&opts, json)
         }

@@ -55,9 +55,19 @@ impl Mode {
     }
 }
 
+/// The C virtio-mem driver (vanilla guests, and HotMem guests by default).
+pub const C_DRIVER: &str = "virtio_mem";
+/// The Rust HotMem virtio-mem driver, which onlines partitions itself.
+pub const RUST_DRIVER: &str = "hotmem_virtio_mem";
+
 /// Boots a guest of `mode` in `base.run_dir/<mode>` with `vmem_size` of
-/// virtio-mem region and the C driver loaded.
-pub fn boot_guest(base: &VmConfig, mode: Mode, vmem_size: u64) -> Result<Vm, VmError> {
+/// virtio-mem region and `driver` loaded (always the C driver for vanilla).
+pub fn boot_guest(
+    base: &VmConfig,
+    mode: Mode,
+    vmem_size: u64,
+    driver: &str,
+) -> Result<Vm, VmError> {
     let mut cfg = base.clone();
     cfg.run_dir = base.run_dir.join(mode.dir_name());
     cfg.vmem_block_size = UNIT;
@@ -73,7 +83,12 @@ pub fn boot_guest(base: &VmConfig, mode: Mode, vmem_size: u64) -> Result<Vm, VmE
     if mode == Mode::Vanilla {
         vm.write_file(AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY)?;
     }
-    vm.exec_ok(&["modprobe", "virtio_mem"])?;
+    let driver = if mode == Mode::Hotmem {
+        driver
+    } else {
+        C_DRIVER
+    };
+    vm.exec_ok(&["modprobe", driver])?;
     Ok(vm)
 }
 
@@ -154,12 +169,14 @@ impl ScenarioReport {
 }
 
 /// Scenario parameters.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ScenarioParams {
     /// Number of instances.
     pub instances: usize,
     /// Memory each instance allocates and touches (memhog `--size`).
     pub instance_mem: u64,
+    /// virtio-mem driver of the HotMem guest ([`C_DRIVER`] or [`RUST_DRIVER`]).
+    pub hotmem_driver: String,
 }
 
 /// Polls until every running instance has at least `bytes` resident.
@@ -207,7 +224,7 @@ pub fn memhog_argv(bytes: u64) -> Vec<String> {
 pub fn run_scenario(
     base: &VmConfig,
     mode: Mode,
-    params: ScenarioParams,
+    params: &ScenarioParams,
     progress: &mut dyn FnMut(&str),
 ) -> Result<ScenarioReport, VmError> {
     progress(&format!(
@@ -216,7 +233,12 @@ pub fn run_scenario(
         base.accel
     ));
     let booted = Instant::now();
-    let mut vm = boot_guest(base, mode, params.instances as u64 * UNIT)?;
+    let mut vm = boot_guest(
+        base,
+        mode,
+        params.instances as u64 * UNIT,
+        &params.hotmem_driver,
+    )?;
     let boot_ms = booted.elapsed().as_secs_f64() * 1000.0;
     let kernel_release = vm
         .boot_hello()
@@ -312,8 +334,8 @@ pub fn run_side_by_side(
     params: ScenarioParams,
     progress: &mut dyn FnMut(&str),
 ) -> Result<SideBySide, VmError> {
-    let hotmem = run_scenario(base, Mode::Hotmem, params, progress)?;
-    let vanilla = run_scenario(base, Mode::Vanilla, params, progress)?;
+    let hotmem = run_scenario(base, Mode::Hotmem, &params, progress)?;
+    let vanilla = run_scenario(base, Mode::Vanilla, &params, progress)?;
     let reclaim_ratio = ratio(vanilla.mean_reclaim_ms(), hotmem.mean_reclaim_ms());
     Ok(SideBySide {
         accel: base.accel,
@@ -385,10 +407,11 @@ pub fn render_side_by_side(r: &SideBySide) -> String {
     out.push('\n');
     out.push_str(&render_scenario(&r.vanilla));
     out.push_str(&format!(
-        "\n== side by side ({} instances of {} memhog, {} per instance) ==\n",
+        "\n== side by side ({} instances of {} memhog, {} per instance; HotMem guest with {}) ==\n",
         r.params.instances,
         HumanSize(r.params.instance_mem),
-        HumanSize(UNIT)
+        HumanSize(UNIT),
+        r.params.hotmem_driver
     ));
     out.push_str(&format!(
         "{:<34} {:>10} {:>10} {:>16}\n",
@@ -504,6 +527,7 @@ mod tests {
             params: ScenarioParams {
                 instances: 2,
                 instance_mem: 96 * MIB,
+                hotmem_driver: C_DRIVER.into(),
             },
             hotmem: report(Mode::Hotmem, &[10.0, 30.0]),
             vanilla: report(Mode::Vanilla, &[200.0, 400.0]),
