@@ -27,6 +27,16 @@ settle() {  # wait up to 5 s for every partition to be free again
 	done
 	return 1
 }
+wait_for() {  # wait_for CMD...: up to 10 s for CMD to succeed (slow TCG guests)
+	i=0
+	while [ $i -lt 100 ]; do
+		"$@" && return 0
+		sleep 0.1
+		i=$((i + 1))
+	done
+	return 1
+}
+used_at_least() { [ "$(bound_used)" -ge "$1" ]; }
 
 out=$(hotmem-run --nonblock -v -- sh -c "cat $H/partitions/part*/state" 2>&1)
 echo "$out" | grep -q "bound to partition" && echo "$out" | grep -qx bound
@@ -35,10 +45,10 @@ settle
 ok $? "the partition is free again after exit"
 
 allocs=$(vmstat hotmem_alloc)
-hotmem-run -- hotmem-memhog --size 64M --hold-ms 2500 >/tmp/hog.out 2>&1 &
-sleep 1.5
-used=$(bound_used)
-check "64 MiB of bound anonymous memory is in the partition" [ "$used" -ge 16384 ]
+hotmem-run -- hotmem-memhog --size 64M --hold-ms 10000 >/tmp/hog.out 2>&1 &
+hog=$!
+wait_for used_at_least 16384
+ok $? "64 MiB of bound anonymous memory is in the partition"
 check "the bound partition has one user" grep -qx 1 $(grep -l bound $H/partitions/part*/state | sed 's/state$/users/')
 check "HotMemFree dropped accordingly" [ $(( total - $(meminfo_kb HotMemFree) )) -ge 65536 ]
 bsize=$((0x$(cat /sys/devices/system/memory/block_size_bytes)))
@@ -47,6 +57,7 @@ blk=/sys/devices/system/memory/memory$((start / bsize))
 err=$(echo offline 2>&1 >$blk/state)
 echo "$err" | grep -q "busy" && [ "$(cat $blk/state)" = online ]
 ok $? "a block of a bound partition cannot be offlined (EBUSY), nothing changes"
+kill $hog
 wait
 check "hotmem_alloc counted the allocations" [ $(( $(vmstat hotmem_alloc) - allocs )) -ge 16384 ]
 settle
@@ -54,10 +65,11 @@ ok $? "exit leaves no used page behind"
 
 # fork + exec: sh is exec'd bound, memhog is its child, memhog forks again.
 allocs=$(vmstat hotmem_alloc)
-hotmem-run -- sh -c 'hotmem-memhog --size 16M --fork --hold-ms 2000; true' >/dev/null 2>&1 &
-sleep 1.2
-users=$(cat $(grep -l bound $H/partitions/part*/state | sed 's/state$/users/'))
-check "fork and exec share the binding (users=$users)" [ "$users" -ge 2 ]
+hotmem-run -- sh -c 'hotmem-memhog --size 16M --fork --hold-ms 3000; true' >/dev/null 2>&1 &
+bound_users() { cat $(grep -l bound $H/partitions/part*/state | sed 's/state$/users/') 2>/dev/null; }
+two_users() { [ "$(bound_users)" -ge 2 ] 2>/dev/null; }
+wait_for two_users
+ok $? "fork and exec share the binding (users=$(bound_users))"
 wait
 # 4096 pages touched by memhog, 4096 more for its child's COW copies.
 check "COW copies of the child came from the partition" [ $(( $(vmstat hotmem_alloc) - allocs )) -ge 8192 ]
@@ -66,10 +78,14 @@ ok $? "the partition is freed with the last process"
 
 # THP: PMD-size folios come from the partition too.
 thp_before=$(vmstat thp_fault_alloc)
-hotmem-run -- hotmem-memhog --size 64M --thp --hold-ms 1500 >/dev/null 2>&1 &
-sleep 1
-check "THP faults of a bound process are served" [ "$(vmstat thp_fault_alloc)" -gt "$thp_before" ]
-check "and their memory is in the partition" [ "$(bound_used)" -ge 16384 ]
+hotmem-run -- hotmem-memhog --size 64M --thp --hold-ms 10000 >/dev/null 2>&1 &
+hog=$!
+thp_seen() { [ "$(vmstat thp_fault_alloc)" -gt "$thp_before" ]; }
+wait_for thp_seen
+ok $? "THP faults of a bound process are served"
+wait_for used_at_least 16384
+ok $? "and their memory is in the partition"
+kill $hog
 wait
 settle
 
