@@ -232,7 +232,8 @@ impl Instances {
             cmd
         } else if let Some(cg) = cgroup {
             let mut cmd = Command::new(&self.cfg.hotmem_run);
-            cmd.arg("--no-bind").arg("--cgroup").arg(cg).arg("--");
+            cmd.arg("--no-bind").arg("--cgroup").arg(cg);
+            cmd.arg("--partition-file").arg(partition_file).arg("--");
             cmd.args(&args.argv);
             cmd
         } else {
@@ -283,10 +284,12 @@ impl Instances {
                 ));
             }
         };
-        let partition = if args.hotmem {
+        // Through hotmem-run, bound or not, wait until it is about to exec
+        // the instance, so that start latencies compare alike.
+        let partition = if args.hotmem || cgroup.is_some() {
             let limit = Duration::from_millis(args.bind_timeout_ms.unwrap_or(0)) + START_SLACK;
             match wait_bound(&mut child, &partition_file, limit) {
-                Ok(partition) => Some(partition),
+                Ok(partition) => partition,
                 Err(e) => {
                     let stderr = tail(&dir.join("stderr"));
                     remove_cgroup(cgroup.as_deref());
@@ -537,13 +540,17 @@ fn push_event(
     });
 }
 
-/// Waits until `hotmem-run` wrote the partition file (bound) or exited.
-fn wait_bound(child: &mut Child, file: &Path, limit: Duration) -> Result<u64, ErrorInfo> {
+/// Waits until `hotmem-run` wrote the partition file (the id when bound,
+/// `none` with `--no-bind`) or exited.
+fn wait_bound(child: &mut Child, file: &Path, limit: Duration) -> Result<Option<u64>, ErrorInfo> {
     let start = Instant::now();
     loop {
         if let Ok(text) = fs::read_to_string(file) {
             if let Some(line) = text.strip_suffix('\n') {
-                return line.trim().parse().map_err(|e| {
+                if line.trim() == "none" {
+                    return Ok(None);
+                }
+                return line.trim().parse().map(Some).map_err(|e| {
                     err(
                         ErrorKind::Internal,
                         format!("hotmem-run wrote partition {line:?}: {e}"),
@@ -561,8 +568,11 @@ fn wait_bound(child: &mut Child, file: &Path, limit: Duration) -> Result<u64, Er
             Ok(Some(status)) => {
                 // It may have bound, written the file and failed to exec.
                 if let Ok(text) = fs::read_to_string(file) {
+                    if text.trim() == "none" {
+                        return Ok(None);
+                    }
                     if let Ok(id) = text.trim().parse() {
-                        return Ok(id);
+                        return Ok(Some(id));
                     }
                 }
                 return Err(err(

@@ -27,7 +27,7 @@ struct Args {
     nonblock: bool,
     /// Do not bind: only join --cgroup and exec (the same launcher for
     /// unbound instances, e.g. on hotmem=off guests).
-    #[arg(long, conflicts_with_all = ["nonblock", "timeout_ms", "partition_file"])]
+    #[arg(long, conflicts_with_all = ["nonblock", "timeout_ms"])]
     no_bind: bool,
     /// Wait at most this long for a free partition.
     #[arg(long, value_name = "MS")]
@@ -38,12 +38,22 @@ struct Args {
     /// Join this cgroup v2 directory before binding.
     #[arg(long, value_name = "DIR")]
     cgroup: Option<std::path::PathBuf>,
-    /// Write the partition id (and a newline) to this file once bound.
+    /// Write the partition id (and a newline) to this file once bound, or
+    /// `none` with --no-bind, right before exec: a launcher waiting for it
+    /// knows the instance is about to run, bound or not.
     #[arg(long, value_name = "PATH")]
     partition_file: Option<std::path::PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
+}
+
+fn write_partition_file(path: Option<&std::path::Path>, what: &str) -> Result<(), ExitCode> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::write(path, format!("{what}\n")).map_err(|e| {
+        eprintln!("hotmem-run: cannot write {}: {e}", path.display());
+        ExitCode::from(125)
+    })
 }
 
 fn main() -> ExitCode {
@@ -71,12 +81,11 @@ fn main() -> ExitCode {
         if args.verbose {
             eprintln!("hotmem-run: bound to partition {id}");
         }
-        if let Some(path) = &args.partition_file {
-            if let Err(e) = std::fs::write(path, format!("{id}\n")) {
-                eprintln!("hotmem-run: cannot write {}: {e}", path.display());
-                return ExitCode::from(125);
-            }
+        if let Err(code) = write_partition_file(args.partition_file.as_deref(), &id.to_string()) {
+            return code;
         }
+    } else if let Err(code) = write_partition_file(args.partition_file.as_deref(), "none") {
+        return code;
     }
     let Some((program, rest)) = args.command.split_first() else {
         return ExitCode::from(125);

@@ -7,13 +7,15 @@
 //! | `fig6` | reclaim latency of a fixed size as guest memory use rises |
 //! | `fig7` | guest CPU time spent during the reclaims of `fig5` (`/proc/stat`) |
 //! | `fig9` | request latency of a co-located instance while another one is scaled down |
-//! | `compare` | 1 GiB: HotMem free partitions vs vanilla with memhogs holding most memory, and vanilla's floor (already-empty blocks) |
+//! | `compare` | 1 GiB: one free 1 GiB HotMem partition vs vanilla with memhogs holding most memory, and vanilla's floor (already-empty blocks) |
 //!
 //! Reclaim latency is the host-side time from QMP `qom-set requested-size`
 //! until the device's `size` reaches the target (polled every ~10 ms).
-//! Every guest uses the C virtio-mem driver in big-block mode (128 MiB
-//! device blocks); HotMem guests online the blocks into HotMem partitions
-//! (`hotmem=on`), vanilla guests into ZONE_MOVABLE (`hotmem=off`).
+//! Devices have 128 MiB blocks. HotMem guests (`hotmem=on`) use the Rust
+//! HotMem driver by default, which plugs and onlines whole partitions
+//! (`--hotmem-driver virtio_mem` uses the C driver, whose blocks the agent
+//! onlines into HotMem); vanilla guests (`hotmem=off`) use the C driver
+//! with blocks onlined into ZONE_MOVABLE.
 
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -154,7 +156,7 @@ pub struct Colocated {
 /// The `compare` experiment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compare {
-    /// HotMem: 1 GiB of free partitions.
+    /// HotMem: one free 1 GiB partition.
     pub hotmem_free_partitions: Reclaim,
     /// Vanilla: 1 GiB while memhogs hold most of the guest's memory.
     pub vanilla_loaded: Reclaim,
@@ -515,9 +517,9 @@ fn compare(opts: &BenchOptions) -> Result<Compare, VmError> {
     let hogs = 4;
     let hog = 384 * MIB;
     // HotMem: memhogs (unbound, ordinary memory) hold most of the guest;
-    // 1 GiB of free partitions is unplugged.
-    let mut g = Guest::boot(opts, Mode::Hotmem, "compare-hotmem", 2 * gib, gib, BLOCK)?;
-    g.plug(gib, gib / BLOCK)?;
+    // 1 GiB, one free partition, is unplugged.
+    let mut g = Guest::boot(opts, Mode::Hotmem, "compare-hotmem", 2 * gib, gib, gib)?;
+    g.plug(gib, 1)?;
     for _ in 0..hogs {
         g.memhog(hog, false, &[])?;
     }
@@ -746,7 +748,7 @@ pub fn write_outputs(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, V
             "reclaim latency (ms)",
             &[
                 (
-                    "HotMem (free partitions)".into(),
+                    "HotMem (one free partition)".into(),
                     c.hotmem_free_partitions.latency_ms,
                 ),
                 ("vanilla (memhogs)".into(), c.vanilla_loaded.latency_ms),
@@ -877,7 +879,10 @@ pub fn render_summary(r: &BenchReport) -> String {
                 rc.pages_migrated
             )
         };
-        out.push_str(&row("HotMem, free partitions", &c.hotmem_free_partitions));
+        out.push_str(&row(
+            "HotMem, one free 1 GiB partition",
+            &c.hotmem_free_partitions,
+        ));
         out.push_str(&row("vanilla, memhogs spread over it", &c.vanilla_loaded));
         out.push_str(&row(
             "vanilla floor, already-empty blocks",

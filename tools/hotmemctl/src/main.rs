@@ -187,9 +187,10 @@ enum Cmd {
         /// Memory each instance allocates and touches.
         #[arg(long, value_parser = parse_size, default_value = "96M")]
         instance_mem: u64,
-        /// virtio-mem driver of the HotMem guest: the C driver (the agent
-        /// onlines its blocks into HotMem) or the Rust HotMem driver.
-        #[arg(long, default_value = scenario::C_DRIVER,
+        /// virtio-mem driver of the HotMem guest: the Rust HotMem driver
+        /// (plugs and onlines whole partitions itself) or the C driver (the
+        /// agent onlines its blocks into HotMem).
+        #[arg(long, default_value = scenario::RUST_DRIVER,
               value_parser = [scenario::C_DRIVER, scenario::RUST_DRIVER])]
         hotmem_driver: String,
     },
@@ -209,7 +210,7 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// virtio-mem driver of the HotMem guests.
-        #[arg(long, default_value = scenario::C_DRIVER,
+        #[arg(long, default_value = scenario::RUST_DRIVER,
               value_parser = [scenario::C_DRIVER, scenario::RUST_DRIVER])]
         hotmem_driver: String,
         /// Only these experiments (comma-separated: fig5,fig6,fig7,fig9,compare).
