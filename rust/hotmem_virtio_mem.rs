@@ -52,7 +52,9 @@ pub mod control;
 pub mod driver;
 
 use control::Refusal;
-use driver::{Env, KernelState, Level, ProbeError, RemoveError, RequestError, UnplugFailure, Vmem};
+use driver::{
+    Env, KernelState, Level, ProbeError, RemoveError, RequestError, UnplugFailure, Value, Vmem,
+};
 use partition::PartState;
 use wire::{Config, Geometry, Request, Response};
 
@@ -291,22 +293,19 @@ impl VmemDev {
         });
     }
 
-    fn show_state(&self, out: &mut virtio::SysfsBuf<'_>) -> Result<core::fmt::Result> {
+    /// Reads one value under the device lock, as of between two steps of
+    /// the driver's work; values about the partitions first take the
+    /// kernel's word on which are in use.
+    fn show_value(
+        &self,
+        value: Value,
+        out: &mut virtio::SysfsBuf<'_>,
+    ) -> Result<core::fmt::Result> {
         self.with(|v, env| {
-            v.refresh(env);
-            let target = v.target_bytes();
-            let st = *v.state();
-            let c = v.census();
-            writeln!(out, "plugged_bytes {}", v.plugged_bytes())?;
-            writeln!(out, "requested_bytes {}", st.config.requested_size)?;
-            writeln!(out, "target_bytes {}", target)?;
-            writeln!(out, "usable_region_bytes {}", st.config.usable_region_size)?;
-            writeln!(out, "partition_bytes {}", v.geometry().partition_size())?;
-            writeln!(out, "partitions {}", v.geometry().nr_partitions())?;
-            for state in PartState::ALL {
-                writeln!(out, "{} {}", state.name(), c.count(state))?;
+            if value.refreshes() {
+                v.refresh(env);
             }
-            writeln!(out, "broken {}", u8::from(st.broken))
+            v.show_value(value, out)
         })
     }
 
@@ -321,18 +320,6 @@ impl VmemDev {
             }
             Ok(())
         })
-    }
-
-    fn show_last_op(&self, out: &mut virtio::SysfsBuf<'_>) -> core::fmt::Result {
-        let op = self.inner.lock().st.last_op;
-        writeln!(
-            out,
-            "{} {} {} {}",
-            op.op.name(),
-            op.result.name(),
-            op.partitions,
-            op.latency_us
-        )
     }
 
     /// Unplugs everything that has no users, at remove.
@@ -367,11 +354,62 @@ fn unplug_errno(e: UnplugFailure<Error>) -> Error {
 
 struct VmemDriver;
 
-const ATTR_STATE: usize = 0;
-const ATTR_PARTITIONS: usize = 1;
-const ATTR_LAST_OP: usize = 2;
-const ATTR_UNPLUG: usize = 3;
-const ATTR_UNPLUG_FREE: usize = 4;
+/// Attributes `0..NR_VALUES` are the single-value files `Value::ALL`, in
+/// that order (checked at build time below); the others follow.
+const NR_VALUES: usize = Value::ALL.len();
+const ATTR_PARTITIONS: usize = NR_VALUES;
+const ATTR_UNPLUG: usize = NR_VALUES + 1;
+const ATTR_UNPLUG_FREE: usize = NR_VALUES + 2;
+
+/// A read-only attribute.
+const fn ro(name: &'static CStr) -> virtio::Attribute {
+    virtio::Attribute {
+        name,
+        show: true,
+        store: false,
+    }
+}
+
+/// A write-only (root) attribute.
+const fn wo(name: &'static CStr) -> virtio::Attribute {
+    virtio::Attribute {
+        name,
+        show: false,
+        store: true,
+    }
+}
+
+/// Whether the C string `c` is `s`.
+const fn same_name(c: &CStr, s: &str) -> bool {
+    let c = c.as_bytes_with_nul();
+    let s = s.as_bytes();
+    if c.len() != s.len() + 1 {
+        return false;
+    }
+    let mut i = 0;
+    while i < s.len() {
+        if c[i] != s[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Fails the build unless the value attributes are named and ordered as
+/// `Value::ALL` (evaluated in `VmemDriver::show`).
+const fn check_attributes() {
+    let attrs = <VmemDriver as virtio::Driver>::ATTRIBUTES;
+    assert!(attrs.len() == NR_VALUES + 3);
+    let mut i = 0;
+    while i < NR_VALUES {
+        assert!(same_name(attrs[i].name, Value::ALL[i].name()));
+        i += 1;
+    }
+    assert!(same_name(attrs[ATTR_PARTITIONS].name, "partitions"));
+    assert!(same_name(attrs[ATTR_UNPLUG].name, "unplug"));
+    assert!(same_name(attrs[ATTR_UNPLUG_FREE].name, "unplug_free"));
+}
 
 impl virtio::Driver for VmemDriver {
     type Data = KBox<DevData>;
@@ -387,31 +425,28 @@ impl virtio::Driver for VmemDriver {
     ];
     const ATTRIBUTE_GROUP: &'static CStr = c_str!("hotmem");
     const ATTRIBUTES: &'static [virtio::Attribute] = &[
-        virtio::Attribute {
-            name: c_str!("state"),
-            show: true,
-            store: false,
-        },
-        virtio::Attribute {
-            name: c_str!("partitions"),
-            show: true,
-            store: false,
-        },
-        virtio::Attribute {
-            name: c_str!("last_op"),
-            show: true,
-            store: false,
-        },
-        virtio::Attribute {
-            name: c_str!("unplug"),
-            show: false,
-            store: true,
-        },
-        virtio::Attribute {
-            name: c_str!("unplug_free"),
-            show: false,
-            store: true,
-        },
+        ro(c_str!("plugged_bytes")),
+        ro(c_str!("requested_bytes")),
+        ro(c_str!("target_bytes")),
+        ro(c_str!("usable_region_bytes")),
+        ro(c_str!("partition_bytes")),
+        ro(c_str!("nr_partitions")),
+        ro(c_str!("nr_unplugged")),
+        ro(c_str!("nr_plugging")),
+        ro(c_str!("nr_plugged")),
+        ro(c_str!("nr_online")),
+        ro(c_str!("nr_bound")),
+        ro(c_str!("nr_offlining")),
+        ro(c_str!("nr_unplugging")),
+        ro(c_str!("nr_failed")),
+        ro(c_str!("broken")),
+        ro(c_str!("last_op")),
+        ro(c_str!("last_op_result")),
+        ro(c_str!("last_op_partitions")),
+        ro(c_str!("last_op_latency_us")),
+        ro(c_str!("partitions")),
+        wo(c_str!("unplug")),
+        wo(c_str!("unplug_free")),
     ];
 
     fn probe(dev: &virtio::Device) -> Result<KBox<DevData>> {
@@ -526,11 +561,13 @@ impl virtio::Driver for VmemDriver {
     }
 
     fn show(data: &DevData, index: usize, buf: &mut virtio::SysfsBuf<'_>) -> Result {
+        const { check_attributes() };
         let r = match index {
-            ATTR_STATE => data.vmem.show_state(buf)?,
             ATTR_PARTITIONS => data.vmem.show_partitions(buf)?,
-            ATTR_LAST_OP => data.vmem.show_last_op(buf),
-            _ => return Err(EINVAL),
+            _ => {
+                let value = *Value::ALL.get(index).ok_or(EINVAL)?;
+                data.vmem.show_value(value, buf)?
+            }
         };
         r.map_err(|_| E2BIG)
     }

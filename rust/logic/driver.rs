@@ -161,6 +161,98 @@ pub struct LastOp {
     pub latency_us: u64,
 }
 
+/// A read-only sysfs file of the driver that holds one value (the kernel's
+/// sysfs rule): `Vmem::show_value` writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// Bytes plugged, as far as the driver knows.
+    PluggedBytes,
+    /// The device's `requested_size`.
+    RequestedBytes,
+    /// What the driver works toward ([`Vmem::target_bytes`]).
+    TargetBytes,
+    /// The device's `usable_region_size`.
+    UsableRegionBytes,
+    /// The partition size.
+    PartitionBytes,
+    /// Whole partitions in the device region.
+    NrPartitions,
+    /// Partitions in one driver state.
+    Nr(PartState),
+    /// 1 if the device is broken (no more requests), else 0.
+    Broken,
+    /// The last operation's name.
+    LastOp,
+    /// How the last operation ended.
+    LastOpResult,
+    /// Partitions the last operation plugged or unplugged.
+    LastOpPartitions,
+    /// How long the last operation took, in microseconds.
+    LastOpLatencyUs,
+}
+
+impl Value {
+    /// Every value file, in the order the module declares them.
+    pub const ALL: [Self; 19] = [
+        Self::PluggedBytes,
+        Self::RequestedBytes,
+        Self::TargetBytes,
+        Self::UsableRegionBytes,
+        Self::PartitionBytes,
+        Self::NrPartitions,
+        Self::Nr(PartState::Unplugged),
+        Self::Nr(PartState::Plugging),
+        Self::Nr(PartState::Plugged),
+        Self::Nr(PartState::Online),
+        Self::Nr(PartState::Bound),
+        Self::Nr(PartState::Offlining),
+        Self::Nr(PartState::Unplugging),
+        Self::Nr(PartState::Failed),
+        Self::Broken,
+        Self::LastOp,
+        Self::LastOpResult,
+        Self::LastOpPartitions,
+        Self::LastOpLatencyUs,
+    ];
+
+    /// The file name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PluggedBytes => "plugged_bytes",
+            Self::RequestedBytes => "requested_bytes",
+            Self::TargetBytes => "target_bytes",
+            Self::UsableRegionBytes => "usable_region_bytes",
+            Self::PartitionBytes => "partition_bytes",
+            Self::NrPartitions => "nr_partitions",
+            Self::Nr(state) => match state {
+                PartState::Unplugged => "nr_unplugged",
+                PartState::Plugging => "nr_plugging",
+                PartState::Plugged => "nr_plugged",
+                PartState::Online => "nr_online",
+                PartState::Bound => "nr_bound",
+                PartState::Offlining => "nr_offlining",
+                PartState::Unplugging => "nr_unplugging",
+                PartState::Failed => "nr_failed",
+            },
+            Self::Broken => "broken",
+            Self::LastOp => "last_op",
+            Self::LastOpResult => "last_op_result",
+            Self::LastOpPartitions => "last_op_partitions",
+            Self::LastOpLatencyUs => "last_op_latency_us",
+        }
+    }
+
+    /// Whether reading it should first take the kernel's word on which
+    /// added partitions are in use ([`Vmem::refresh`]). The `last_op*`
+    /// files report what happened and need not.
+    pub const fn refreshes(self) -> bool {
+        !matches!(
+            self,
+            Self::LastOp | Self::LastOpResult | Self::LastOpPartitions | Self::LastOpLatencyUs
+        )
+    }
+}
+
 /// What the driver keeps about a device besides the partition states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct State {
@@ -291,6 +383,26 @@ impl<'a> Vmem<'a> {
         self.st
             .hold
             .target_bytes(self.st.config.requested_size, partition_size)
+    }
+
+    /// Writes the contents of the sysfs file `value`: the value and a
+    /// newline.
+    pub fn show_value<W: fmt::Write>(&mut self, value: Value, out: &mut W) -> fmt::Result {
+        let op = self.st.last_op;
+        match value {
+            Value::PluggedBytes => writeln!(out, "{}", self.plugged_bytes()),
+            Value::RequestedBytes => writeln!(out, "{}", self.st.config.requested_size),
+            Value::TargetBytes => writeln!(out, "{}", self.target_bytes()),
+            Value::UsableRegionBytes => writeln!(out, "{}", self.st.config.usable_region_size),
+            Value::PartitionBytes => writeln!(out, "{}", self.geometry().partition_size()),
+            Value::NrPartitions => writeln!(out, "{}", self.geometry().nr_partitions()),
+            Value::Nr(state) => writeln!(out, "{}", self.census().count(state)),
+            Value::Broken => writeln!(out, "{}", u8::from(self.st.broken)),
+            Value::LastOp => writeln!(out, "{}", op.op.name()),
+            Value::LastOpResult => writeln!(out, "{}", op.result.name()),
+            Value::LastOpPartitions => writeln!(out, "{}", op.partitions),
+            Value::LastOpLatencyUs => writeln!(out, "{}", op.latency_us),
+        }
     }
 
     /// The physical id of partition `index` (as in `/sys/kernel/mm/hotmem`).

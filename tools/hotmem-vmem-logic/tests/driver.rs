@@ -10,7 +10,8 @@ use std::fmt;
 
 use hotmem_vmem_logic::control::Refusal;
 use hotmem_vmem_logic::driver::{
-    Env, KernelState, Level, Op, OpResult, RemoveError, RequestError, State, UnplugFailure, Vmem,
+    Env, KernelState, Level, Op, OpResult, RemoveError, RequestError, State, UnplugFailure, Value,
+    Vmem,
 };
 use hotmem_vmem_logic::partition::PartState;
 use hotmem_vmem_logic::wire::{BlockState, Config, Request, Response};
@@ -361,6 +362,111 @@ fn explicit_unplug_refusals_change_nothing() {
     sim.requested = 3 * PART;
     d.vmem().round(&mut sim, MEMORY_BLOCK);
     assert_eq!(sim.plugged_bytes(), 3 * PART);
+    d.check(&sim);
+}
+
+impl Driver {
+    /// The contents of the sysfs file `value`, refreshed as the module
+    /// does.
+    fn show(&mut self, sim: &mut Sim, value: Value) -> String {
+        let mut v = self.vmem();
+        if value.refreshes() {
+            v.refresh(sim);
+        }
+        let mut out = String::new();
+        v.show_value(value, &mut out).unwrap();
+        out
+    }
+}
+
+#[test]
+fn value_files_are_named_once_and_hold_one_value() {
+    let names: Vec<&str> = Value::ALL.iter().map(|v| v.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "plugged_bytes",
+            "requested_bytes",
+            "target_bytes",
+            "usable_region_bytes",
+            "partition_bytes",
+            "nr_partitions",
+            "nr_unplugged",
+            "nr_plugging",
+            "nr_plugged",
+            "nr_online",
+            "nr_bound",
+            "nr_offlining",
+            "nr_unplugging",
+            "nr_failed",
+            "broken",
+            "last_op",
+            "last_op_result",
+            "last_op_partitions",
+            "last_op_latency_us",
+        ]
+    );
+    // One `nr_` file per driver state, named after it.
+    for state in PartState::ALL {
+        assert_eq!(Value::Nr(state).name(), format!("nr_{}", state.name()));
+    }
+
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 3 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    sim.in_use[1] = true;
+    assert_eq!(d.vmem().unplug_id(&mut sim, BASE / PART + 2), Ok(()));
+    for value in Value::ALL {
+        let text = d.show(&mut sim, value);
+        let v = text.strip_suffix('\n').unwrap();
+        assert!(
+            !v.is_empty() && !v.contains(char::is_whitespace),
+            "{}: {text:?}",
+            value.name()
+        );
+    }
+    let show = |d: &mut Driver, sim: &mut Sim, value| d.show(sim, value);
+    assert_eq!(
+        show(&mut d, &mut sim, Value::PluggedBytes),
+        format!("{}\n", 2 * PART)
+    );
+    assert_eq!(
+        show(&mut d, &mut sim, Value::RequestedBytes),
+        format!("{}\n", 3 * PART)
+    );
+    assert_eq!(
+        show(&mut d, &mut sim, Value::TargetBytes),
+        format!("{}\n", 2 * PART)
+    );
+    assert_eq!(
+        show(&mut d, &mut sim, Value::UsableRegionBytes),
+        format!("{}\n", N as u64 * PART)
+    );
+    assert_eq!(
+        show(&mut d, &mut sim, Value::PartitionBytes),
+        format!("{PART}\n")
+    );
+    assert_eq!(
+        show(&mut d, &mut sim, Value::NrPartitions),
+        format!("{N}\n")
+    );
+    // The kernel's word on bound partitions is taken on read.
+    assert_eq!(show(&mut d, &mut sim, Value::Nr(PartState::Bound)), "1\n");
+    assert_eq!(show(&mut d, &mut sim, Value::Nr(PartState::Online)), "1\n");
+    assert_eq!(
+        show(&mut d, &mut sim, Value::Nr(PartState::Unplugged)),
+        format!("{}\n", N - 2)
+    );
+    assert_eq!(show(&mut d, &mut sim, Value::Nr(PartState::Failed)), "0\n");
+    assert_eq!(show(&mut d, &mut sim, Value::Broken), "0\n");
+    assert_eq!(show(&mut d, &mut sim, Value::LastOp), "sysfs_unplug\n");
+    assert_eq!(show(&mut d, &mut sim, Value::LastOpResult), "ok\n");
+    assert_eq!(show(&mut d, &mut sim, Value::LastOpPartitions), "1\n");
+    assert_eq!(
+        show(&mut d, &mut sim, Value::LastOpLatencyUs),
+        format!("{}\n", d.st.last_op.latency_us)
+    );
     d.check(&sim);
 }
 

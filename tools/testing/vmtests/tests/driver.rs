@@ -34,12 +34,31 @@ fn sysfs(vm: &mut Vm, file: &str) -> String {
         .or_panic(&format!("reading {SYSFS}/{file}"))
 }
 
-/// A value of the driver's `state` file.
-fn state(vm: &mut Vm, key: &str) -> u64 {
-    let text = sysfs(vm, "state");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} missing from {SYSFS}/state:\n{text}"))
+/// One of the driver's single-value files (sysfs: one value per file).
+fn value(vm: &mut Vm, file: &str) -> String {
+    let text = sysfs(vm, file);
+    let v = text.trim_end_matches('\n');
+    assert!(
+        !v.is_empty() && !v.contains(char::is_whitespace),
+        "{SYSFS}/{file} must hold one value:\n{text}"
+    );
+    v.to_owned()
+}
+
+/// A number from one of the driver's single-value files.
+fn number(vm: &mut Vm, file: &str) -> u64 {
+    let v = value(vm, file);
+    v.parse()
+        .unwrap_or_else(|_| panic!("{SYSFS}/{file} is not a number: {v:?}"))
+}
+
+/// The last operation: `(last_op, last_op_result, last_op_partitions)`.
+fn last_op(vm: &mut Vm) -> (String, String, u64) {
+    let op = value(vm, "last_op");
+    let result = value(vm, "last_op_result");
+    let partitions = number(vm, "last_op_partitions");
+    number(vm, "last_op_latency_us");
+    (op, result, partitions)
 }
 
 /// `(partition id, state)` pairs of the driver's `partitions` file.
@@ -82,7 +101,7 @@ fn wait_plugged(vm: &mut Vm, bytes: u64) -> Duration {
     // The driver's view and the device's agree.
     let start = Instant::now();
     loop {
-        let seen = state(vm, "plugged_bytes");
+        let seen = number(vm, "plugged_bytes");
         if seen == bytes {
             break;
         }
@@ -163,17 +182,42 @@ fn rust_driver_plug_unplug_sysfs_reload() {
     let mut vm = Vm::boot(&driver_config("rust_driver_plug_unplug", true))
         .or_panic("booting a hotmem=on guest");
     vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
-    assert_eq!(state(&mut vm, "plugged_bytes"), 0);
-    assert_eq!(state(&mut vm, "partition_bytes"), PARTITION);
+    assert_eq!(number(&mut vm, "plugged_bytes"), 0);
+    assert_eq!(number(&mut vm, "partition_bytes"), PARTITION);
+    let nr_partitions = number(&mut vm, "nr_partitions");
+    assert!(nr_partitions >= 4, "nr_partitions {nr_partitions}");
+    assert_eq!(number(&mut vm, "nr_unplugged"), nr_partitions);
+    for file in [
+        "requested_bytes",
+        "target_bytes",
+        "usable_region_bytes",
+        "nr_plugging",
+        "nr_plugged",
+        "nr_online",
+        "nr_bound",
+        "nr_offlining",
+        "nr_unplugging",
+        "nr_failed",
+        "broken",
+    ] {
+        number(&mut vm, file);
+    }
+    assert!(
+        vm.read_file(&format!("{SYSFS}/state")).is_err(),
+        "the multi-value state file is gone"
+    );
 
     // Grow: four partitions appear, free.
     resize(&mut vm, 4 * PARTITION);
     let parts = partitions(&mut vm);
     assert_eq!(parts.len(), 4, "{parts:?}");
     assert!(parts.iter().all(|(_, s)| s == "online"), "{parts:?}");
+    assert_eq!(number(&mut vm, "nr_online"), 4);
+    assert_eq!(number(&mut vm, "requested_bytes"), 4 * PARTITION);
+    assert_eq!(number(&mut vm, "target_bytes"), 4 * PARTITION);
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 4 * PARTITION / 1024);
     assert_eq!(meminfo(&mut vm, "HotMemFree"), 4 * PARTITION / 1024);
-    assert!(sysfs(&mut vm, "last_op").starts_with("plug ok 4 "));
+    assert_eq!(last_op(&mut vm), ("plug".into(), "ok".into(), 4));
 
     // Bind one; the sysfs trigger refuses it and bad input, changing nothing.
     let bound = start_bound(&mut vm, "a");
@@ -198,8 +242,8 @@ fn rust_driver_plug_unplug_sysfs_reload() {
         "unplug_free 4 with one bound: {err}"
     );
     assert_eq!(vm.plugged_size().or_panic("plugged size"), 4 * PARTITION);
-    assert_eq!(state(&mut vm, "bound"), 1);
-    assert_eq!(state(&mut vm, "online"), 3);
+    assert_eq!(number(&mut vm, "nr_bound"), 1);
+    assert_eq!(number(&mut vm, "nr_online"), 3);
 
     // sysfs: unplug one free partition by id, then one by count.
     let free: Vec<u64> = partitions(&mut vm)
@@ -217,7 +261,7 @@ fn rust_driver_plug_unplug_sysfs_reload() {
     // Through the fast offline path: one 128 MiB block, nothing migrated.
     assert_eq!(vmstat(&mut vm, "hotmem_offline_fast"), fast + 1);
     assert_eq!(vmstat(&mut vm, "hotmem_offline_slow"), slow);
-    assert!(sysfs(&mut vm, "last_op").starts_with("sysfs_unplug ok 1 "));
+    assert_eq!(last_op(&mut vm), ("sysfs_unplug".into(), "ok".into(), 1));
     vm.write_file(&format!("{SYSFS}/unplug_free"), "1")
         .or_panic("unplugging one free partition through sysfs");
     wait_plugged(&mut vm, 2 * PARTITION);
@@ -283,9 +327,9 @@ fn rust_driver_follows_racing_requests() {
         std::thread::sleep(Duration::from_millis(pause_ms));
     }
     wait_plugged(&mut vm, 3 * PARTITION);
-    assert_eq!(state(&mut vm, "online"), 3);
-    assert_eq!(state(&mut vm, "failed"), 0);
-    assert_eq!(state(&mut vm, "broken"), 0);
+    assert_eq!(number(&mut vm, "nr_online"), 3);
+    assert_eq!(number(&mut vm, "nr_failed"), 0);
+    assert_eq!(number(&mut vm, "broken"), 0);
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 3 * PARTITION / 1024);
     let console = std::fs::read_to_string(vm.run_dir().console_log()).unwrap_or_default();
     eprintln!(

@@ -168,10 +168,16 @@ fn scale_up_down_rust_driver_sysfs_trigger() {
     let r = scale::scale_down(&mut vm, &down).or_panic("scale-down via sysfs");
     assert_eq!(r.memory.plugged, BLOCK);
     assert_eq!(r.memory.requested, BLOCK, "requested-size follows");
-    let last_op = vm
-        .read_file("/sys/bus/virtio/devices/virtio1/hotmem/last_op")
-        .or_panic("last_op");
-    assert!(last_op.starts_with("sysfs_unplug ok 1 "), "{last_op}");
+    let last_op: Vec<String> = ["last_op", "last_op_result", "last_op_partitions"]
+        .into_iter()
+        .map(|f| {
+            vm.read_file(&format!("/sys/bus/virtio/devices/virtio1/hotmem/{f}"))
+                .or_panic(f)
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(last_op, ["sysfs_unplug", "ok", "1"], "{last_op:?}");
     let state = vm
         .read_file(&format!(
             "/sys/kernel/mm/hotmem/partitions/part{part1}/state"
