@@ -350,6 +350,14 @@ fn emit<T: Serialize>(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Guests of a demo, bench or test run die with it, also on SIGTERM or
+    // SIGHUP (where destructors do not run), not only on ^C.
+    if let Err(e) = ctrlc::set_handler(|| {
+        hotmemctl::vm::kill_owned_guests();
+        std::process::exit(130);
+    }) {
+        eprintln!("hotmemctl: warning: no signal handler, guests may outlive a killed run: {e}");
+    }
     let json = cli.json;
     match run(cli) {
         Ok(code) => code,

@@ -217,8 +217,12 @@ impl QemuProcess {
             program: program.to_owned(),
             source,
         })?;
+        let pid = pid_of(&child);
+        if !own_group {
+            owned_guests().push(pid);
+        }
         Ok(Self {
-            pid: pid_of(&child),
+            pid,
             child: Some(child),
             kill_on_drop: true,
             exit: None,
@@ -261,6 +265,7 @@ impl QemuProcess {
     }
 
     fn kill(&mut self) {
+        owned_guests().retain(|p| *p != self.pid);
         if self.exited().is_some() {
             return;
         }
@@ -279,6 +284,27 @@ impl Drop for QemuProcess {
         if self.kill_on_drop {
             self.kill();
         }
+    }
+}
+
+/// QEMU processes that live only as long as this process (not session
+/// guests started with `up`), so that a signal handler can take them down.
+static OWNED_GUESTS: std::sync::Mutex<Vec<Pid>> = std::sync::Mutex::new(Vec::new());
+
+fn owned_guests() -> std::sync::MutexGuard<'static, Vec<Pid>> {
+    // A panic while holding the lock leaves a valid Vec behind.
+    OWNED_GUESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Kills every guest this process started that must not outlive it; for
+/// SIGTERM/SIGINT handlers, since destructors do not run when a signal
+/// ends the process. Session guests (`hotmemctl up`) are left alone.
+pub fn kill_owned_guests() {
+    for pid in owned_guests().drain(..) {
+        // ESRCH just means it is already gone.
+        let _ = kill(pid, Signal::SIGKILL);
     }
 }
 
