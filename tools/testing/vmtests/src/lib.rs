@@ -91,6 +91,31 @@ pub fn boot(name: &str) -> Vm {
     Vm::boot(&config(name)).or_panic("booting the guest")
 }
 
+/// The value of counter `key` in the guest's `/proc/vmstat`.
+///
+/// # Panics
+/// If the file cannot be read or has no such counter.
+pub fn vmstat(vm: &mut Vm, key: &str) -> u64 {
+    let text = vm
+        .read_file("/proc/vmstat")
+        .or_panic("reading /proc/vmstat");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing from /proc/vmstat"))
+}
+
+/// The value of `key` in the guest's `/proc/meminfo` as printed (kB for the
+/// lines with a `kB` unit).
+///
+/// # Panics
+/// If the file cannot be read or has no such line.
+pub fn meminfo(vm: &mut Vm, key: &str) -> u64 {
+    *vm.meminfo()
+        .or_panic("reading /proc/meminfo")
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing from /proc/meminfo"))
+}
+
 /// Unwrapping with a useful message for [`VmError`] results.
 pub trait OrPanic<T> {
     /// The value, or a panic saying what failed, with the error's

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use hotmem_vmtests::{config, OrPanic};
+use hotmem_vmtests::{config, meminfo, vmstat, OrPanic};
 use hotmemctl::{Vm, VmConfig};
 
 const MIB: u64 = 1 << 20;
@@ -70,22 +70,6 @@ fn partitions(vm: &mut Vm) -> Vec<(u64, String)> {
             (id.parse().expect("partition id"), st.to_owned())
         })
         .collect()
-}
-
-fn vmstat(vm: &mut Vm, key: &str) -> u64 {
-    let text = vm
-        .read_file("/proc/vmstat")
-        .or_panic("reading /proc/vmstat");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} missing from /proc/vmstat"))
-}
-
-fn meminfo(vm: &mut Vm, key: &str) -> u64 {
-    *vm.meminfo()
-        .or_panic("reading /proc/meminfo")
-        .get(key)
-        .unwrap_or_else(|| panic!("{key} missing from /proc/meminfo"))
 }
 
 fn resize(vm: &mut Vm, bytes: u64) {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hotmem_vmtests::{config, OrPanic};
+use hotmem_vmtests::{config, vmstat, OrPanic};
 use hotmemctl::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
 use hotmemctl::{Vm, VmConfig};
 
@@ -33,13 +33,6 @@ fn guest(name: &str, hotmem: bool) -> Vm {
     vm.exec_ok(&["modprobe", "virtio_mem"])
         .or_panic("modprobe virtio_mem");
     vm
-}
-
-fn vmstat(vm: &mut Vm, key: &str) -> u64 {
-    let text = vm.read_file("/proc/vmstat").or_panic("/proc/vmstat");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} missing from /proc/vmstat"))
 }
 
 fn memhog(size: &str) -> ScaleUpOptions {
