@@ -7,6 +7,8 @@
 
 use std::io;
 
+pub mod privs;
+
 /// `PR_HOTMEM` from `include/uapi/linux/prctl.h` of the HotMem series.
 pub const PR_HOTMEM: libc::c_int = 0x484d_454d;
 /// Bind the calling process to a free partition.

@@ -1,21 +1,30 @@
 //! `hotmem-run [--nonblock | --timeout-ms MS | --no-bind] [--verbose]
-//! [--cgroup DIR] [--partition-file PATH] -- COMMAND [ARGS...]`
+//! [--cgroup DIR] [--partition-file PATH] [--user UID[:GID]] [--seccomp]
+//! -- COMMAND [ARGS...]`
 //!
 //! Binds itself to a free HotMem partition, then execs COMMAND, which
 //! inherits the binding (and so do its children). Exit status 125 means the
-//! binding (or joining the cgroup) failed, 126/127 that COMMAND could not be
-//! run, as with `env`.
+//! binding (or joining the cgroup, or dropping privileges) failed, 126/127
+//! that COMMAND could not be run, as with `env`.
 //!
-//! `--cgroup DIR` first moves the process into the cgroup v2 directory DIR
-//! (so the function's memory limit applies from its first allocation);
-//! `--partition-file PATH` writes the partition id to PATH once bound (the
-//! guest agent reads it to report where an instance runs).
+//! In order: `--cgroup DIR` moves the process into the cgroup v2 directory
+//! DIR (so the function's memory limit applies from its first allocation);
+//! it binds (needs `CAP_SYS_RESOURCE`); `--user` drops to that user with no
+//! supplementary groups; `no_new_privs` is set; `--seccomp` installs the
+//! instance filter (no `prctl(PR_HOTMEM)`, `ptrace`, mounts, namespaces);
+//! `--partition-file PATH` (opened before dropping privileges) receives the
+//! partition id, so the guest agent knows where the instance runs and that
+//! it is about to exec.
 
 use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::Parser;
+use hotmem_run::privs::{self, User};
 use hotmem_run::{bind, Wait};
 
 /// Run a command bound to a HotMem partition.
@@ -37,58 +46,87 @@ struct Args {
     verbose: bool,
     /// Join this cgroup v2 directory before binding.
     #[arg(long, value_name = "DIR")]
-    cgroup: Option<std::path::PathBuf>,
+    cgroup: Option<PathBuf>,
     /// Write the partition id (and a newline) to this file once bound, or
     /// `none` with --no-bind, right before exec: a launcher waiting for it
     /// knows the instance is about to run, bound or not.
     #[arg(long, value_name = "PATH")]
-    partition_file: Option<std::path::PathBuf>,
+    partition_file: Option<PathBuf>,
+    /// After binding, run as this user and group (numeric), with no
+    /// supplementary groups.
+    #[arg(long, value_name = "UID[:GID]")]
+    user: Option<User>,
+    /// Install the instance seccomp filter before exec.
+    #[arg(long)]
+    seccomp: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
 }
 
-fn write_partition_file(path: Option<&std::path::Path>, what: &str) -> Result<(), ExitCode> {
-    let Some(path) = path else { return Ok(()) };
-    std::fs::write(path, format!("{what}\n")).map_err(|e| {
-        eprintln!("hotmem-run: cannot write {}: {e}", path.display());
-        ExitCode::from(125)
-    })
+/// Exit status for a failure before exec.
+const SETUP_FAILED: u8 = 125;
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("hotmem-run: {msg}");
+    ExitCode::from(SETUP_FAILED)
+}
+
+/// Joins the cgroup, binds, drops privileges; returns what to write to the
+/// partition file.
+fn setup(args: &Args) -> Result<String, ExitCode> {
+    if let Some(dir) = &args.cgroup {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, format!("{}\n", std::process::id()))
+            .map_err(|e| fail(format!("cannot join cgroup {}: {e}", dir.display())))?;
+    }
+    let bound = if args.no_bind {
+        "none".to_owned()
+    } else {
+        let wait = match (args.nonblock, args.timeout_ms) {
+            (true, _) => Wait::No,
+            (false, Some(ms)) => Wait::Millis(ms),
+            (false, None) => Wait::Forever,
+        };
+        let id = bind(wait).map_err(fail)?;
+        if args.verbose {
+            eprintln!("hotmem-run: bound to partition {id}");
+        }
+        id.to_string()
+    };
+    if let Some(user) = args.user {
+        privs::switch_user(user).map_err(fail)?;
+    }
+    privs::set_no_new_privs().map_err(fail)?;
+    if args.seccomp {
+        privs::apply_instance_filter().map_err(fail)?;
+    }
+    Ok(bound)
+}
+
+fn open_partition_file(path: &Path) -> Result<File, ExitCode> {
+    File::create(path).map_err(|e| fail(format!("cannot write {}: {e}", path.display())))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let wait = match (args.nonblock, args.timeout_ms) {
-        (true, _) => Wait::No,
-        (false, Some(ms)) => Wait::Millis(ms),
-        (false, None) => Wait::Forever,
+    // Opened while still privileged: the agent's run directory is root's.
+    let partition_file = match args.partition_file.as_deref().map(open_partition_file) {
+        None => None,
+        Some(Ok(file)) => Some(file),
+        Some(Err(code)) => return code,
     };
-    if let Some(dir) = &args.cgroup {
-        let procs = dir.join("cgroup.procs");
-        if let Err(e) = std::fs::write(&procs, format!("{}\n", std::process::id())) {
-            eprintln!("hotmem-run: cannot join cgroup {}: {e}", dir.display());
-            return ExitCode::from(125);
+    let bound = match setup(&args) {
+        Ok(bound) => bound,
+        Err(code) => return code,
+    };
+    if let (Some(mut file), Some(path)) = (partition_file, &args.partition_file) {
+        if let Err(e) = file.write_all(format!("{bound}\n").as_bytes()) {
+            return fail(format!("cannot write {}: {e}", path.display()));
         }
-    }
-    if !args.no_bind {
-        let id = match bind(wait) {
-            Ok(id) => id,
-            Err(e) => {
-                eprintln!("hotmem-run: {e}");
-                return ExitCode::from(125);
-            }
-        };
-        if args.verbose {
-            eprintln!("hotmem-run: bound to partition {id}");
-        }
-        if let Err(code) = write_partition_file(args.partition_file.as_deref(), &id.to_string()) {
-            return code;
-        }
-    } else if let Err(code) = write_partition_file(args.partition_file.as_deref(), "none") {
-        return code;
     }
     let Some((program, rest)) = args.command.split_first() else {
-        return ExitCode::from(125);
+        return ExitCode::from(SETUP_FAILED);
     };
     let err = Command::new(program).args(rest).exec();
     eprintln!(
