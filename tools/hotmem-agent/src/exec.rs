@@ -7,7 +7,9 @@ use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hotmem_proto::{ErrorInfo, ErrorKind, ExecArgs, ExecResult};
+use hotmem_proto::{ErrorInfo, ErrorKind, ExecArgs, ExecResult, DEFAULT_EXEC_TIMEOUT_MS};
+
+use crate::cancel::{cancelled, Cancel};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -22,11 +24,20 @@ const PIPE_GRACE: Duration = Duration::from_secs(2);
 /// Longest pause between two checks for the program's exit.
 const MAX_POLL: Duration = Duration::from_millis(5);
 
+/// How [`wait_until`] ended.
+enum Waited {
+    Exited(ExitStatus),
+    TimedOut(ExitStatus),
+    Cancelled,
+}
+
 /// Runs `args.argv`, capturing at most `cap` bytes of each output stream.
 ///
 /// The program runs in its own process group with stdin on /dev/null; on
-/// timeout the whole group is killed with SIGKILL and `timed_out` is set.
-pub fn run(args: &ExecArgs, cap: usize) -> Result<ExecResult, ErrorInfo> {
+/// timeout (the request's, or [`DEFAULT_EXEC_TIMEOUT_MS`]) the whole group
+/// is killed with SIGKILL and `timed_out` is set. If `cancel` fires, the
+/// group is killed as well and the answer is a `cancelled` error.
+pub fn run(args: &ExecArgs, cap: usize, cancel: &Cancel) -> Result<ExecResult, ErrorInfo> {
     let mut cmd = command(args)?;
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| {
@@ -37,9 +48,14 @@ pub fn run(args: &ExecArgs, cap: usize) -> Result<ExecResult, ErrorInfo> {
     })?;
     let stdout = Capture::start(child.stdout.take(), cap);
     let stderr = Capture::start(child.stderr.take(), cap);
-    let deadline = args.timeout_ms.map(|ms| start + Duration::from_millis(ms));
-    let (status, timed_out) = wait_until(&mut child, deadline)
+    let deadline = start.checked_add(timeout_of(args));
+    let waited = wait_until(&mut child, deadline, cancel)
         .map_err(|e| ErrorInfo::new(ErrorKind::Io, format!("waiting for child: {e}")))?;
+    let (status, timed_out) = match waited {
+        Waited::Exited(status) => (status, false),
+        Waited::TimedOut(status) => (status, true),
+        Waited::Cancelled => return Err(cancelled(&format!("exec {:?}", args.argv[0]))),
+    };
     let duration = start.elapsed();
     let (stdout, out_truncated) = stdout.finish();
     let (stderr, err_truncated) = stderr.finish();
@@ -52,6 +68,11 @@ pub fn run(args: &ExecArgs, cap: usize) -> Result<ExecResult, ErrorInfo> {
         duration_us: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
         truncated: out_truncated || err_truncated,
     })
+}
+
+/// The request's timeout, or the default: no `exec` runs unbounded.
+fn timeout_of(args: &ExecArgs) -> Duration {
+    Duration::from_millis(args.timeout_ms.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS))
 }
 
 /// Builds the [`Command`] for `args`, validating `argv`.
@@ -73,20 +94,30 @@ fn command(args: &ExecArgs) -> Result<Command, ErrorInfo> {
     Ok(cmd)
 }
 
-/// Waits for `child` to exit, killing its process group at `deadline`.
+/// Waits for `child` to exit, killing its process group at `deadline` or
+/// when `cancel` fires.
 ///
 /// Polls `try_wait` with a short backoff rather than blocking in `wait` on
 /// another thread: the child stays unreaped until we have killed it, so its
 /// process-group id cannot have been reused when we signal it.
-fn wait_until(child: &mut Child, deadline: Option<Instant>) -> std::io::Result<(ExitStatus, bool)> {
+fn wait_until(
+    child: &mut Child,
+    deadline: Option<Instant>,
+    cancel: &Cancel,
+) -> std::io::Result<Waited> {
     let mut pause = Duration::from_micros(100);
     loop {
         if let Some(status) = child.try_wait()? {
-            return Ok((status, false));
+            return Ok(Waited::Exited(status));
+        }
+        if cancel.is_cancelled() {
+            kill_group(child);
+            child.wait()?;
+            return Ok(Waited::Cancelled);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             kill_group(child);
-            return Ok((child.wait()?, true));
+            return Ok(Waited::TimedOut(child.wait()?));
         }
         thread::sleep(pause);
         pause = (pause * 2).min(MAX_POLL);
@@ -172,6 +203,38 @@ mod tests {
             env: vec![],
             timeout_ms,
         }
+    }
+
+    fn run(a: &ExecArgs, cap: usize) -> Result<ExecResult, ErrorInfo> {
+        super::run(a, cap, &Cancel::never())
+    }
+
+    #[test]
+    fn cancel_kills_the_process_group() {
+        let cancel = Cancel::default();
+        let c = cancel.clone();
+        let canceller = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(200));
+            c.cancel();
+        });
+        let start = Instant::now();
+        let e =
+            super::run(&args(&["sh", "-c", "sleep 30; true"], None), 1024, &cancel).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        assert!(start.elapsed() < Duration::from_secs(10), "not killed");
+        canceller.join().unwrap();
+    }
+
+    #[test]
+    fn exec_without_timeout_gets_the_default() {
+        assert_eq!(
+            timeout_of(&args(&["true"], None)),
+            Duration::from_millis(DEFAULT_EXEC_TIMEOUT_MS)
+        );
+        assert_eq!(
+            timeout_of(&args(&["true"], Some(5))),
+            Duration::from_millis(5)
+        );
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! the memory limit), list, stop, and the event queue (exits, OOM kills).
 //!
 //! Each instance runs in its own process group with stdin on /dev/null and
-//! stdout/stderr in files under its run directory. A reaper thread per
-//! instance waits for the main process, records how it ended and queues the
-//! events. The host fetches events with the `events` operation, so none is
-//! lost while no host is connected.
+//! stdout/stderr in files under its run directory, as its own unprivileged
+//! user (`INSTANCE_UID_BASE` + id unless the request names one), with
+//! `no_new_privs` and, where the kernel has seccomp filters, `hotmem-run`'s
+//! filter. A reaper thread per instance waits for the main process, kills
+//! what is left of the instance, records how it ended, queues the events
+//! and removes the run directory. The host fetches events with the
+//! `events` operation and a cursor; they are kept until acknowledged, so
+//! none is lost while no host is connected or when an answer is lost.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
@@ -18,11 +22,15 @@ use std::time::{Duration, Instant};
 
 use hotmem_proto::{
     ErrorInfo, ErrorKind, EventList, EventsArgs, Instance, InstanceEvent, InstanceEventKind,
-    InstanceExit, InstanceList, InstanceState, StartInstanceArgs, StopInstanceArgs,
+    InstanceExit, InstanceList, InstanceState, PartitionState, StartInstanceArgs, StopInstanceArgs,
+    INSTANCE_UID_BASE,
 };
+use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
+use crate::cancel::{cancelled, Cancel, CHECK_EVERY};
 use crate::sysfs::{micros, SysfsPaths};
 
 /// `PATH` for instances when the agent has none (as for `exec`).
@@ -53,6 +61,10 @@ pub struct InstanceConfig {
     pub hotmem_run: PathBuf,
     /// HotMem sysfs, to report partition use and wait for a release.
     pub sysfs: SysfsPaths,
+    /// Instance `n` runs as uid and gid `uid_base + n` by default.
+    pub uid_base: u32,
+    /// Whether instances get the seccomp filter when the request does not say.
+    pub seccomp_default: bool,
 }
 
 impl Default for InstanceConfig {
@@ -62,8 +74,19 @@ impl Default for InstanceConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             hotmem_run: PathBuf::from("hotmem-run"),
             sysfs: SysfsPaths::default(),
+            uid_base: INSTANCE_UID_BASE,
+            // CONFIG_SECCOMP_FILTER: hotmem-run can install its filter.
+            seccomp_default: Path::new("/proc/sys/kernel/seccomp/actions_avail").exists(),
         }
     }
+}
+
+/// Who an instance runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+    seccomp: bool,
 }
 
 /// One instance's bookkeeping.
@@ -79,8 +102,12 @@ struct State {
     next_id: u64,
     next_seq: u64,
     table: BTreeMap<u64, Entry>,
+    /// Events not yet acknowledged (or, for v1 hosts, not yet taken).
     events: VecDeque<InstanceEvent>,
+    /// Events evicted unacknowledged since the last v1 `events` call.
     dropped: u64,
+    /// The highest sequence number evicted unacknowledged.
+    evicted_upto: u64,
 }
 
 #[derive(Debug, Default)]
@@ -209,48 +236,75 @@ impl Instances {
         }
     }
 
-    /// Builds the command: `hotmem-run [--no-bind] ... -- argv` (the same
-    /// launcher, so bound and unbound instances start alike), or `argv`
-    /// itself for an unbound instance without a cgroup.
+    /// Who instance `id` runs as: the request's user, else its own uid.
+    fn run_as(&self, id: u64, args: &StartInstanceArgs) -> Result<RunAs, ErrorInfo> {
+        let uid = match args.uid {
+            Some(uid) => uid,
+            None => u64::from(self.cfg.uid_base)
+                .checked_add(id)
+                .and_then(|u| u32::try_from(u).ok())
+                .filter(|&u| u != u32::MAX)
+                .ok_or_else(|| {
+                    err(
+                        ErrorKind::Internal,
+                        format!("no uid left for instance {id}"),
+                    )
+                })?,
+        };
+        if uid == u32::MAX || args.gid == Some(u32::MAX) {
+            return Err(err(
+                ErrorKind::BadRequest,
+                "uid/gid 4294967295 is not an id",
+            ));
+        }
+        Ok(RunAs {
+            uid,
+            gid: args.gid.unwrap_or(uid),
+            seccomp: args.seccomp.unwrap_or(self.cfg.seccomp_default),
+        })
+    }
+
+    /// Builds the command: `hotmem-run [--no-bind] ... --user U:G -- argv`
+    /// (the same launcher, so bound and unbound instances start alike and
+    /// both drop privileges).
     fn command(
         &self,
         args: &StartInstanceArgs,
+        run_as: RunAs,
         cgroup: Option<&Path>,
         partition_file: &Path,
     ) -> Command {
-        let mut cmd = if args.hotmem {
-            let mut cmd = Command::new(&self.cfg.hotmem_run);
+        let mut cmd = Command::new(&self.cfg.hotmem_run);
+        if args.hotmem {
             match args.bind_timeout_ms {
                 Some(ms) => cmd.arg("--timeout-ms").arg(ms.max(1).to_string()),
                 None => cmd.arg("--nonblock"),
             };
-            if let Some(cg) = cgroup {
-                cmd.arg("--cgroup").arg(cg);
-            }
-            cmd.arg("--partition-file").arg(partition_file).arg("--");
-            cmd.args(&args.argv);
-            cmd
-        } else if let Some(cg) = cgroup {
-            let mut cmd = Command::new(&self.cfg.hotmem_run);
-            cmd.arg("--no-bind").arg("--cgroup").arg(cg);
-            cmd.arg("--partition-file").arg(partition_file).arg("--");
-            cmd.args(&args.argv);
-            cmd
         } else {
-            let mut cmd = Command::new(&args.argv[0]);
-            cmd.args(&args.argv[1..]);
-            cmd
-        };
+            cmd.arg("--no-bind");
+        }
+        if let Some(cg) = cgroup {
+            cmd.arg("--cgroup").arg(cg);
+        }
+        if (run_as.uid, run_as.gid) != (0, 0) {
+            cmd.arg("--user")
+                .arg(format!("{}:{}", run_as.uid, run_as.gid));
+        }
+        if run_as.seccomp {
+            cmd.arg("--seccomp");
+        }
+        cmd.arg("--partition-file").arg(partition_file).arg("--");
+        cmd.args(&args.argv);
         if std::env::var_os("PATH").is_none() && !args.env.iter().any(|(k, _)| k == "PATH") {
             cmd.env("PATH", DEFAULT_PATH);
         }
         cmd.envs(args.env.iter().map(|(k, v)| (k, v)));
-        cmd.stdin(Stdio::null()).process_group(0);
+        cmd.stdin(Stdio::null()).process_group(0).current_dir("/");
         cmd
     }
 
-    /// The `start_instance` operation.
-    pub fn start(&self, args: &StartInstanceArgs) -> Result<Instance, ErrorInfo> {
+    /// The `start_instance` operation (gives up when `cancel` fires).
+    pub fn start(&self, args: &StartInstanceArgs, cancel: &Cancel) -> Result<Instance, ErrorInfo> {
         if args.argv.is_empty() {
             return Err(err(ErrorKind::BadRequest, "start_instance: empty argv"));
         }
@@ -262,6 +316,7 @@ impl Instances {
             state.next_id += 1;
             state.next_id
         };
+        let run_as = self.run_as(id, args)?;
         let dir = self.cfg.run_dir.join(id.to_string());
         fs::create_dir_all(&dir).map_err(|e| io_err("mkdir", &dir, e))?;
         let open = |name: &str| {
@@ -269,15 +324,22 @@ impl Instances {
             File::create(&path).map_err(|e| io_err("create", &path, e))
         };
         let (stdout, stderr) = (open("stdout")?, open("stderr")?);
-        let cgroup = self.make_cgroup(id, args.memory_limit)?;
+        let cgroup = match self.make_cgroup(id, args.memory_limit) {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let partition_file = dir.join("partition");
-        let mut cmd = self.command(args, cgroup.as_deref(), &partition_file);
+        let mut cmd = self.command(args, run_as, cgroup.as_deref(), &partition_file);
         cmd.stdout(stdout).stderr(stderr);
         let started = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
                 remove_cgroup(cgroup.as_deref());
+                let _ = fs::remove_dir_all(&dir);
                 return Err(err(
                     ErrorKind::Io,
                     format!("cannot spawn instance {:?}: {e}", args.argv[0]),
@@ -286,18 +348,20 @@ impl Instances {
         };
         // Through hotmem-run, bound or not, wait until it is about to exec
         // the instance, so that start latencies compare alike.
-        let partition = if args.hotmem || cgroup.is_some() {
-            let limit = Duration::from_millis(args.bind_timeout_ms.unwrap_or(0)) + START_SLACK;
-            match wait_bound(&mut child, &partition_file, limit) {
-                Ok(partition) => partition,
-                Err(e) => {
-                    let stderr = tail(&dir.join("stderr"));
-                    remove_cgroup(cgroup.as_deref());
-                    return Err(err(e.kind, format!("{} {}", e.message, stderr.trim())));
+        let limit = Duration::from_millis(args.bind_timeout_ms.unwrap_or(0)) + START_SLACK;
+        let partition = match wait_bound(&mut child, &partition_file, limit, cancel) {
+            Ok(partition) => partition,
+            Err(e) => {
+                let stderr = tail(&dir.join("stderr"));
+                if let Some(cg) = cgroup.as_deref() {
+                    // A cancelled launcher may have forked nothing, but be sure.
+                    let _ = fs::write(cg.join("cgroup.kill"), "1");
+                    wait_cgroup_empty(cg, RELEASE_WAIT);
                 }
+                remove_cgroup(cgroup.as_deref());
+                let _ = fs::remove_dir_all(&dir);
+                return Err(err(e.kind, format!("{} {}", e.message, stderr.trim())));
             }
-        } else {
-            None
         };
         let info = Instance {
             instance: id,
@@ -311,6 +375,9 @@ impl Instances {
             partition_used: None,
             rss: None,
             start_us: micros(started.elapsed()),
+            uid: Some(run_as.uid),
+            gid: Some(run_as.gid),
+            seccomp: run_as.seccomp,
             exit: None,
         };
         self.lock().table.insert(
@@ -325,8 +392,28 @@ impl Instances {
         Ok(info)
     }
 
-    /// Reaper thread body: waits for the main process and records its end.
+    /// Reaper thread body: waits for the main process, kills what is left
+    /// of the instance, records its end and removes its run directory.
+    ///
+    /// The main process is waited for without reaping it (`WNOWAIT`): as
+    /// long as it is a zombie its pid, which is the instance's process
+    /// group id, cannot be reused, so the group kill cannot hit a
+    /// stranger. Only then is it reaped.
     fn reap(&self, id: u64, mut child: Child, cgroup: Option<PathBuf>, dir: PathBuf) {
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        loop {
+            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => crate::log!("instance {id}: waitid failed: {e}"),
+                Ok(_) => {}
+            }
+            break;
+        }
+        // Whatever is left of the instance (forked children) goes with it.
+        let _ = killpg(pid, Signal::SIGKILL);
+        if let Some(cg) = cgroup.as_deref() {
+            let _ = fs::write(cg.join("cgroup.kill"), "1");
+        }
         let status = loop {
             match child.wait() {
                 Ok(status) => break Some(status),
@@ -341,13 +428,13 @@ impl Instances {
             .as_deref()
             .and_then(|cg| keyed_value(&cg.join("memory.events"), "oom_kill"))
             .unwrap_or(0);
-        // Whatever is left of the instance (forked children) goes with it.
         if let Some(cg) = cgroup.as_deref() {
-            let _ = fs::write(cg.join("cgroup.kill"), "1");
             wait_cgroup_empty(cg, RELEASE_WAIT);
             remove_cgroup(Some(cg));
-        } else if let Ok(pgid) = i32::try_from(child.id()) {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        let stderr_tail = tail(&dir.join("stderr"));
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            crate::log!("instance {id}: cannot remove {}: {e}", dir.display());
         }
         let mut state = self.lock();
         let Some(entry) = state.table.get_mut(&id) else {
@@ -358,7 +445,7 @@ impl Instances {
             signal: status.and_then(|s| s.signal()),
             oom_killed: oom_kills > 0,
             stopped: entry.stopping,
-            stderr_tail: tail(&dir.join("stderr")),
+            stderr_tail,
         };
         entry.info.state = InstanceState::Exited;
         entry.info.exit = Some(exit.clone());
@@ -413,7 +500,10 @@ impl Instances {
     /// The `stop_instance` operation: SIGTERM (if a grace period is given),
     /// then SIGKILL to the whole instance; waits until it has been reaped
     /// and its partition has no user left, and forgets it.
-    pub fn stop(&self, args: &StopInstanceArgs) -> Result<Instance, ErrorInfo> {
+    ///
+    /// If `cancel` fires while it waits, the instance has been signalled
+    /// but stays listed (its exit is still reported as an event).
+    pub fn stop(&self, args: &StopInstanceArgs, cancel: &Cancel) -> Result<Instance, ErrorInfo> {
         let (pid, cgroup, running) = {
             let mut state = self.lock();
             let entry = state.table.get_mut(&args.instance).ok_or_else(|| {
@@ -430,13 +520,13 @@ impl Instances {
             let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
             if args.grace_ms > 0 {
                 let _ = killpg(pgid, Signal::SIGTERM);
-                self.wait_exited(args.instance, Duration::from_millis(args.grace_ms));
+                self.wait_exited(args.instance, Duration::from_millis(args.grace_ms), cancel)?;
             }
             if let Some(cg) = &cgroup {
                 let _ = fs::write(Path::new(cg).join("cgroup.kill"), "1");
             }
             let _ = killpg(pgid, Signal::SIGKILL);
-            if !self.wait_exited(args.instance, KILL_WAIT) {
+            if !self.wait_exited(args.instance, KILL_WAIT, cancel)? {
                 return Err(err(
                     ErrorKind::Timeout,
                     format!("instance {} did not exit after SIGKILL", args.instance),
@@ -451,13 +541,13 @@ impl Instances {
             )
         })?;
         if let Some(part) = info.partition {
-            self.wait_released(part);
+            self.wait_released(part, cancel)?;
         }
         Ok(info)
     }
 
     /// Waits until instance `id` has exited (or is gone); false on timeout.
-    fn wait_exited(&self, id: u64, timeout: Duration) -> bool {
+    fn wait_exited(&self, id: u64, timeout: Duration, cancel: &Cancel) -> Result<bool, ErrorInfo> {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
         loop {
@@ -467,15 +557,16 @@ impl Instances {
                 .is_none_or(|e| e.info.state == InstanceState::Exited);
             let now = Instant::now();
             if exited {
-                return true;
+                return Ok(true);
             }
+            cancel.check(&format!("stop_instance {id}"))?;
             if now >= deadline {
-                return false;
+                return Ok(false);
             }
             state = self
                 .shared
                 .changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, (deadline - now).min(CHECK_EVERY))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -483,22 +574,43 @@ impl Instances {
 
     /// Waits (bounded) until partition `part` has no user, so the host can
     /// unplug it as soon as `stop_instance` answers.
-    fn wait_released(&self, part: u64) {
+    fn wait_released(&self, part: u64, cancel: &Cancel) -> Result<(), ErrorInfo> {
         let deadline = Instant::now() + RELEASE_WAIT;
         while Instant::now() < deadline {
             match self.cfg.sysfs.partition(part) {
-                Ok(p) if p.users > 0 || p.state == "bound" => thread::sleep(POLL),
-                _ => return,
+                Ok(p) if p.users > 0 || p.state == PartitionState::Bound => {
+                    cancel.check("stop_instance")?;
+                    thread::sleep(POLL);
+                }
+                _ => return Ok(()),
             }
         }
         crate::log!("partition {part} still has users {RELEASE_WAIT:?} after its instance stopped");
+        Ok(())
     }
 
     /// The `events` operation.
-    pub fn events(&self, args: &EventsArgs) -> EventList {
+    ///
+    /// With a cursor (`after_seq`), acknowledges the events up to it and
+    /// answers those after it, which stay queued until a later call
+    /// acknowledges them; waits up to `wait_ms` if there are none. Without
+    /// one (v1 hosts), answers and forgets all queued events.
+    pub fn events(&self, args: &EventsArgs, cancel: &Cancel) -> Result<EventList, ErrorInfo> {
         let deadline = Instant::now() + Duration::from_millis(args.wait_ms);
+        let agent_id = crate::handler::agent_id();
+        // A cursor from another agent run acknowledges nothing here.
+        let after_seq = match &args.agent_id {
+            Some(id) if id != agent_id => args.after_seq.map(|_| 0),
+            _ => args.after_seq,
+        };
         let mut state = self.lock();
+        if let Some(after) = after_seq {
+            while state.events.front().is_some_and(|e| e.seq <= after) {
+                state.events.pop_front();
+            }
+        }
         while state.events.is_empty() {
+            cancel.check("events")?;
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -506,14 +618,23 @@ impl Instances {
             state = self
                 .shared
                 .changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, (deadline - now).min(CHECK_EVERY))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        EventList {
-            events: state.events.drain(..).collect(),
-            dropped: std::mem::take(&mut state.dropped),
-        }
+        let agent_id = agent_id.to_owned();
+        Ok(match after_seq {
+            Some(after) => EventList {
+                events: state.events.iter().cloned().collect(),
+                dropped: state.evicted_upto.saturating_sub(after),
+                agent_id,
+            },
+            None => EventList {
+                events: state.events.drain(..).collect(),
+                dropped: std::mem::take(&mut state.dropped),
+                agent_id,
+            },
+        })
     }
 }
 
@@ -527,7 +648,9 @@ fn push_event(
 ) {
     state.next_seq += 1;
     if state.events.len() >= MAX_EVENTS {
-        state.events.pop_front();
+        if let Some(old) = state.events.pop_front() {
+            state.evicted_upto = old.seq;
+        }
         state.dropped += 1;
     }
     state.events.push_back(InstanceEvent {
@@ -541,8 +664,13 @@ fn push_event(
 }
 
 /// Waits until `hotmem-run` wrote the partition file (the id when bound,
-/// `none` with `--no-bind`) or exited.
-fn wait_bound(child: &mut Child, file: &Path, limit: Duration) -> Result<Option<u64>, ErrorInfo> {
+/// `none` with `--no-bind`) or exited; kills it if `cancel` fires.
+fn wait_bound(
+    child: &mut Child,
+    file: &Path,
+    limit: Duration,
+    cancel: &Cancel,
+) -> Result<Option<u64>, ErrorInfo> {
     let start = Instant::now();
     loop {
         if let Ok(text) = fs::read_to_string(file) {
@@ -562,7 +690,7 @@ fn wait_bound(child: &mut Child, file: &Path, limit: Duration) -> Result<Option<
             Ok(Some(status)) if status.code() == Some(BIND_FAILED) => {
                 return Err(err(
                     ErrorKind::BindFailed,
-                    "hotmem-run could not bind a partition:",
+                    "hotmem-run could not bind a partition (or set up the instance):",
                 ))
             }
             Ok(Some(status)) => {
@@ -583,9 +711,12 @@ fn wait_bound(child: &mut Child, file: &Path, limit: Duration) -> Result<Option<
             Ok(None) => {}
             Err(e) => return Err(err(ErrorKind::Io, format!("waiting for hotmem-run: {e}"))),
         }
-        if start.elapsed() >= limit {
+        if start.elapsed() >= limit || cancel.is_cancelled() {
             let _ = child.kill();
             let _ = child.wait();
+            if cancel.is_cancelled() {
+                return Err(cancelled("start_instance"));
+            }
             return Err(err(
                 ErrorKind::Timeout,
                 format!("hotmem-run did not bind within {limit:?}:"),
@@ -614,13 +745,13 @@ fn remove_cgroup(cg: Option<&Path>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
     /// A table whose cgroup root does not exist (no cgroups on the host)
     /// and whose `hotmem-run` is the fake shell script `fake_run`.
-    fn table(fake_run: &str) -> (tempfile::TempDir, Instances) {
+    pub(crate) fn table(fake_run: &str) -> (tempfile::TempDir, Instances) {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("hotmem-run");
         fs::write(&run, format!("#!/bin/sh\n{fake_run}\n")).unwrap();
@@ -634,26 +765,52 @@ mod tests {
                 memory: dir.path().join("no-memory"),
                 hotmem_driver: dir.path().join("no-driver"),
             },
+            uid_base: 200_000,
+            seccomp_default: false,
         };
         (dir, Instances::new(cfg))
     }
 
-    /// A fake `hotmem-run` that "binds" partition 7: writes it to the
-    /// `--partition-file` and execs the command after `--`.
-    const FAKE_BIND: &str = r#"while [ "$1" != -- ]; do
-  [ "$1" = --partition-file ] && { echo 7 >"$2"; shift; }
+    /// A fake `hotmem-run` that "binds" partition 7 (or none with
+    /// `--no-bind`): writes it to the `--partition-file` and execs the
+    /// command after `--`. With `HOTMEM_FAKE_ARGS` set it records its
+    /// options there first.
+    pub(crate) const FAKE_BIND: &str = r#"[ -n "$HOTMEM_FAKE_ARGS" ] && echo "$*" >"$HOTMEM_FAKE_ARGS"
+part=7
+for a in "$@"; do [ "$a" = --no-bind ] && part=none; [ "$a" = -- ] && break; done
+while [ "$1" != -- ]; do
+  [ "$1" = --partition-file ] && { echo $part >"$2"; shift; }
   shift
 done
 shift
 exec "$@""#;
 
     fn start(t: &Instances, argv: &[&str], hotmem: bool) -> Result<Instance, ErrorInfo> {
-        t.start(&StartInstanceArgs {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            hotmem,
-            bind_timeout_ms: Some(100),
-            ..StartInstanceArgs::default()
-        })
+        t.start(
+            &StartInstanceArgs {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                hotmem,
+                bind_timeout_ms: Some(100),
+                ..StartInstanceArgs::default()
+            },
+            &Cancel::never(),
+        )
+    }
+
+    fn events(t: &Instances, wait_ms: u64, after_seq: Option<u64>) -> EventList {
+        t.events(
+            &EventsArgs {
+                wait_ms,
+                after_seq,
+                agent_id: None,
+            },
+            &Cancel::never(),
+        )
+        .unwrap()
+    }
+
+    fn stop(t: &Instances, instance: u64, grace_ms: u64) -> Result<Instance, ErrorInfo> {
+        t.stop(&StopInstanceArgs { instance, grace_ms }, &Cancel::never())
     }
 
     #[test]
@@ -665,12 +822,7 @@ exec "$@""#;
         let list = t.list();
         assert_eq!(list.instances.len(), 1);
         assert!(list.instances[0].rss.is_some_and(|r| r > 0));
-        let stopped = t
-            .stop(&StopInstanceArgs {
-                instance: inst.instance,
-                grace_ms: 50,
-            })
-            .unwrap();
+        let stopped = stop(&t, inst.instance, 50).unwrap();
         let exit = stopped.exit.unwrap();
         assert!(exit.stopped);
         assert_eq!(exit.signal, Some(Signal::SIGTERM as i32));
@@ -678,19 +830,14 @@ exec "$@""#;
             t.list().instances.is_empty(),
             "a stopped instance is forgotten"
         );
-        let events = t.events(&EventsArgs { wait_ms: 1000 }).events;
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, InstanceEventKind::InstanceExited);
+        let got = events(&t, 1000, None).events;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind, InstanceEventKind::InstanceExited);
         assert_eq!(
-            (events[0].instance, events[0].partition),
+            (got[0].instance, got[0].partition),
             (inst.instance, Some(7))
         );
-        let err = t
-            .stop(&StopInstanceArgs {
-                instance: inst.instance,
-                grace_ms: 0,
-            })
-            .unwrap_err();
+        let err = stop(&t, inst.instance, 0).unwrap_err();
         assert_eq!(err.kind, ErrorKind::NoSuchInstance);
     }
 
@@ -699,9 +846,9 @@ exec "$@""#;
         let (_dir, t) = table(FAKE_BIND);
         let inst = start(&t, &["sh", "-c", "echo oops >&2; exit 4"], false).unwrap();
         assert_eq!(inst.partition, None);
-        let events = t.events(&EventsArgs { wait_ms: 5000 }).events;
-        assert_eq!(events.len(), 1, "{events:?}");
-        let exit = events[0].exit.clone().unwrap();
+        let got = events(&t, 5000, None).events;
+        assert_eq!(got.len(), 1, "{got:?}");
+        let exit = got[0].exit.clone().unwrap();
         assert_eq!(
             (exit.status, exit.stopped, exit.oom_killed),
             (Some(4), false, false)
@@ -710,14 +857,9 @@ exec "$@""#;
         let listed = t.list().instances;
         assert_eq!(listed[0].state, InstanceState::Exited);
         // Stopping an exited instance just forgets it.
-        let final_info = t
-            .stop(&StopInstanceArgs {
-                instance: inst.instance,
-                grace_ms: 0,
-            })
-            .unwrap();
+        let final_info = stop(&t, inst.instance, 0).unwrap();
         assert_eq!(final_info.exit.unwrap().status, Some(4));
-        assert!(t.events(&EventsArgs { wait_ms: 0 }).events.is_empty());
+        assert!(events(&t, 0, None).events.is_empty());
     }
 
     #[test]
@@ -740,15 +882,21 @@ exec "$@""#;
             start(&t, &[], true).unwrap_err().kind,
             ErrorKind::BadRequest
         );
-        let e = start(&t, &["/nonexistent/prog"], false).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Io);
+        // hotmem-run starts, cannot exec the program: an exit like 127.
+        let inst = start(&t, &["/nonexistent/prog"], false).unwrap();
+        let exit = wait_events(&t, 0, 1)[0].exit.clone().unwrap();
+        assert_eq!(exit.status, Some(127), "{exit:?}");
+        stop(&t, inst.instance, 0).unwrap();
         // A memory limit needs a cgroup, which this table cannot create.
         let e = t
-            .start(&StartInstanceArgs {
-                argv: vec!["true".into()],
-                memory_limit: Some(1 << 20),
-                ..StartInstanceArgs::default()
-            })
+            .start(
+                &StartInstanceArgs {
+                    argv: vec!["true".into()],
+                    memory_limit: Some(1 << 20),
+                    ..StartInstanceArgs::default()
+                },
+                &Cancel::never(),
+            )
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Io);
     }
@@ -757,8 +905,145 @@ exec "$@""#;
     fn events_wait_times_out_empty() {
         let (_dir, t) = table(FAKE_BIND);
         let start = Instant::now();
-        assert!(t.events(&EventsArgs { wait_ms: 50 }).events.is_empty());
+        assert!(events(&t, 50, None).events.is_empty());
         assert!(start.elapsed() >= Duration::from_millis(50));
+        // A cancelled wait ends early.
+        let cancel = Cancel::default();
+        cancel.cancel();
+        let start = Instant::now();
+        let e = t
+            .events(
+                &EventsArgs {
+                    wait_ms: 600_000,
+                    after_seq: Some(0),
+                    agent_id: None,
+                },
+                &cancel,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Waits until `n` events after `after` are queued.
+    fn wait_events(t: &Instances, after: u64, n: usize) -> Vec<InstanceEvent> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = events(t, 200, Some(after)).events;
+            if got.len() >= n || Instant::now() >= deadline {
+                return got;
+            }
+        }
+    }
+
+    #[test]
+    fn events_stay_until_acknowledged() {
+        let (_dir, t) = table(FAKE_BIND);
+        let a = start(&t, &["true"], false).unwrap();
+        let b = start(&t, &["true"], false).unwrap();
+        let first = wait_events(&t, 0, 2);
+        assert_eq!(first.len(), 2, "{first:?}");
+        // Asking again with the same cursor (an answer was lost) returns
+        // the same events: nothing is lost.
+        let again = events(&t, 0, Some(0));
+        assert_eq!(again.events, first);
+        assert!(!again.agent_id.is_empty());
+        let ids: Vec<u64> = first.iter().map(|e| e.instance).collect();
+        assert!(ids.contains(&a.instance) && ids.contains(&b.instance));
+        // Acknowledging the first leaves the second.
+        let rest = events(&t, 0, Some(first[0].seq)).events;
+        assert_eq!(rest, first[1..]);
+        // A cursor of another agent run acknowledges nothing.
+        let other = t
+            .events(
+                &EventsArgs {
+                    wait_ms: 0,
+                    after_seq: Some(first[1].seq),
+                    agent_id: Some("another-run".into()),
+                },
+                &Cancel::never(),
+            )
+            .unwrap();
+        assert_eq!(other.events, first[1..]);
+        // Acknowledging both: nothing left (and nothing dropped).
+        let none = events(&t, 0, Some(first[1].seq));
+        assert!(none.events.is_empty() && none.dropped == 0);
+        // A v1 request still gets (and takes) what is queued.
+        start(&t, &["true"], false).unwrap();
+        let v1 = wait_events(&t, first[1].seq, 1);
+        assert_eq!(v1.len(), 1);
+        assert_eq!(events(&t, 0, None).events, v1);
+        assert!(events(&t, 0, Some(first[1].seq)).events.is_empty());
+    }
+
+    #[test]
+    fn instances_run_as_their_own_users() {
+        let (dir, t) = table(FAKE_BIND);
+        let record = |n: &str| dir.path().join(n);
+        let start_as = |name: &str, uid: Option<u32>| {
+            t.start(
+                &StartInstanceArgs {
+                    argv: vec!["sleep".into(), "30".into()],
+                    hotmem: true,
+                    bind_timeout_ms: Some(100),
+                    env: vec![(
+                        "HOTMEM_FAKE_ARGS".into(),
+                        record(name).display().to_string(),
+                    )],
+                    uid,
+                    seccomp: Some(name == "b"),
+                    ..StartInstanceArgs::default()
+                },
+                &Cancel::never(),
+            )
+            .unwrap()
+        };
+        let a = start_as("a", None);
+        let b = start_as("b", None);
+        let root = start_as("root", Some(0));
+        let args = |n: &str| fs::read_to_string(record(n)).unwrap();
+        let user = |i: &Instance| format!("--user {0}:{0} ", 200_000 + i.instance);
+        assert!(args("a").contains(&user(&a)), "{}", args("a"));
+        assert!(args("b").contains(&user(&b)), "{}", args("b"));
+        assert_ne!(a.uid, b.uid);
+        assert_eq!((a.uid, a.gid), (Some(200_000 + 1), Some(200_000 + 1)));
+        assert!(!args("a").contains("--seccomp") && args("b").contains("--seccomp"));
+        assert!((!a.seccomp, b.seccomp) == (true, true));
+        assert!(!args("root").contains("--user"), "{}", args("root"));
+        assert_eq!(root.uid, Some(0));
+        for i in [a, b, root] {
+            stop(&t, i.instance, 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn reaping_kills_the_group_and_removes_the_run_dir() {
+        let (dir, t) = table(FAKE_BIND);
+        let pidfile = dir.path().join("bg.pid");
+        let script = format!("sleep 100 & echo $! >{}; exit 0", pidfile.display());
+        let inst = start(&t, &["sh", "-c", &script], false).unwrap();
+        let run_dir = dir.path().join("run").join(inst.instance.to_string());
+        let got = wait_events(&t, 0, 1);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].exit.as_ref().unwrap().status, Some(0));
+        assert!(!run_dir.exists(), "run dir left behind");
+        let bg: i32 = fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background child was killed with the group (it may linger
+        // as a zombie until its new parent reaps it).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stat = fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map(|(_, r)| &r[..1]);
+            if matches!(state, None | Some("Z" | "X")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "background child {bg} survived");
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

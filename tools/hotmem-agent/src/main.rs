@@ -1,7 +1,7 @@
 //! `hotmem-agent`: the HotMem guest agent.
 //!
 //! Runs as root in the guest's initramfs and serves the `hotmem-proto`
-//! protocol, one request at a time, on the virtio-serial port named
+//! protocol, each request on its own thread, on the virtio-serial port named
 //! `org.hotmem.agent` (or on stdin/stdout with `--stdio`, for host tests).
 //! Diagnostics go to stderr, i.e. the guest console.
 
@@ -22,6 +22,7 @@ macro_rules! log {
     };
 }
 
+mod cancel;
 mod exec;
 mod handler;
 mod instances;
@@ -94,8 +95,8 @@ fn device_path(args: &Args) -> io::Result<PathBuf> {
 
 /// Serves on stdin/stdout until EOF or a power-off request.
 fn serve_stdio(handler: &Handler) -> ExitCode {
-    let (stdin, stdout) = (io::stdin(), io::stdout());
-    match serve::serve(handler, &mut stdin.lock(), &mut stdout.lock()) {
+    let stdin = io::stdin();
+    match serve::serve(handler, &mut stdin.lock(), io::stdout()) {
         Ok(session) => {
             if session.ended == Ended::PowerOff {
                 log!("poweroff requested; --stdio mode, so just exiting");

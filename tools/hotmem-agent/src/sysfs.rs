@@ -2,12 +2,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use hotmem_proto::{
-    ErrorInfo, ErrorKind, OnlineResult, Partition, PartitionsResult, WaitFreePartitionsArgs,
+    ErrorInfo, ErrorKind, OnlineResult, Partition, PartitionState, PartitionsResult,
+    WaitFreePartitionsArgs,
 };
+
+use crate::cancel::Cancel;
 
 /// Page size of the (x86-64) guests, for `used_pages`.
 pub const PAGE_SIZE: u64 = 4096;
@@ -82,7 +84,7 @@ impl SysfsPaths {
         let dir = self.hotmem.join("partitions").join(format!("part{id}"));
         Ok(Partition {
             id,
-            state: read_trimmed(&dir.join("state"))?,
+            state: PartitionState::from_name(&read_trimmed(&dir.join("state"))?),
             users: read_u64(&dir.join("users"))?,
             used_pages: read_u64(&dir.join("used_pages"))?,
             online_blocks: read_u64(&dir.join("online_blocks"))?,
@@ -189,10 +191,11 @@ impl SysfsPaths {
         })
     }
 
-    /// The `wait_free_partitions` operation.
+    /// The `wait_free_partitions` operation (gives up when `cancel` fires).
     pub fn wait_free_partitions(
         &self,
         args: &WaitFreePartitionsArgs,
+        cancel: &Cancel,
     ) -> Result<PartitionsResult, ErrorInfo> {
         let start = Instant::now();
         let timeout = Duration::from_millis(args.timeout_ms);
@@ -225,7 +228,8 @@ impl SysfsPaths {
                     ),
                 ));
             }
-            thread::sleep(WAIT_POLL);
+            cancel.sleep(WAIT_POLL);
+            cancel.check("wait_free_partitions")?;
         }
     }
 }
@@ -272,12 +276,8 @@ mod tests {
         let r = paths.partitions().unwrap();
         assert!(r.enabled);
         assert_eq!(r.partition_size, 128 << 20);
-        let ids: Vec<_> = r
-            .partitions
-            .iter()
-            .map(|p| (p.id, p.state.as_str()))
-            .collect();
-        assert_eq!(ids, [(8, "free"), (9, "bound")]);
+        let ids: Vec<_> = r.partitions.iter().map(|p| (p.id, p.state)).collect();
+        assert_eq!(ids, [(8, PartitionState::Free), (9, PartitionState::Bound)]);
         assert_eq!((r.free(), r.offline_blocks), (1, 1));
         assert_eq!(paths.partition_used(9), Some(100 * PAGE_SIZE));
         assert_eq!(paths.partition_used(11), None);
@@ -314,13 +314,36 @@ mod tests {
             online: false,
             timeout_ms: 30,
         };
-        assert_eq!(paths.wait_free_partitions(&args(1)).unwrap().free(), 1);
-        let err = paths.wait_free_partitions(&args(2)).unwrap_err();
+        let never = Cancel::never();
+        assert_eq!(
+            paths.wait_free_partitions(&args(1), &never).unwrap().free(),
+            1
+        );
+        let err = paths.wait_free_partitions(&args(2), &never).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Timeout);
         assert!(err.message.contains("1 of 2"), "{}", err.message);
+        let cancelled = Cancel::default();
+        cancelled.cancel();
+        let long = WaitFreePartitionsArgs {
+            timeout_ms: 600_000,
+            ..args(2)
+        };
+        let start = Instant::now();
+        let err = paths.wait_free_partitions(&long, &cancelled).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Cancelled);
+        assert!(start.elapsed() < Duration::from_secs(5));
         fs::write(paths.hotmem.join("enabled"), "0\n").unwrap();
-        let err = paths.wait_free_partitions(&args(1)).unwrap_err();
+        let err = paths.wait_free_partitions(&args(1), &never).unwrap_err();
         assert!(err.message.contains("hotmem=on"), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_partition_states_are_reported_as_unknown() {
+        let (_dir, paths) = fake();
+        fs::write(paths.hotmem.join("partitions/part8/state"), "evicting\n").unwrap();
+        let r = paths.partitions().unwrap();
+        assert_eq!(r.partitions[0].state, PartitionState::Unknown);
+        assert_eq!(r.free(), 0);
     }
 
     #[test]

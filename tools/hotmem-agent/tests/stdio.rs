@@ -87,10 +87,12 @@ fn serves_requests_over_stdio() {
     let list = agent.send_raw(b"{\"v\":1,\"id\":9,\"op\":\"list_instances\"}\n");
     assert_eq!(list.outcome.unwrap(), serde_json::json!({"instances": []}));
     let events = agent.send_raw(b"{\"v\":1,\"id\":10,\"op\":\"events\",\"wait_ms\":10}\n");
+    let events = events.outcome.unwrap();
     assert_eq!(
-        events.outcome.unwrap(),
-        serde_json::json!({"events": [], "dropped": 0})
+        (&events["events"], &events["dropped"]),
+        (&serde_json::json!([]), &serde_json::json!(0))
     );
+    assert_eq!(events["agent_id"], serde_json::json!(hello.agent_id));
 
     // In --stdio mode a poweroff is acknowledged and the agent just exits.
     assert!(agent.call(5, Op::Poweroff).outcome.is_ok());

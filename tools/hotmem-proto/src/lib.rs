@@ -48,6 +48,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Default name of the virtio-serial port the agent listens on.
 pub const AGENT_PORT_NAME: &str = "org.hotmem.agent";
 
+/// The git revision this crate was built from (`git rev-parse --short=12
+/// HEAD` at build time, `unknown` outside a git tree). Agent and host both
+/// carry it: an agent reporting another revision than its host runs from a
+/// stale initramfs.
+pub const BUILD_REVISION: &str = env!("HOTMEM_BUILD_REVISION");
+
 /// A host -> agent request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -106,6 +112,10 @@ pub enum Op {
     /// Wait until at least `count` partitions are free, onlining offline
     /// blocks as they appear if asked to; answered with a [`PartitionsResult`].
     WaitFreePartitions(WaitFreePartitionsArgs),
+    /// Cancel the request with id `request` if it is still running (a
+    /// host-side timeout); answered with a [`CancelResult`]. The cancelled
+    /// request is answered with [`ErrorKind::Cancelled`].
+    Cancel(CancelArgs),
 }
 
 impl Op {
@@ -123,6 +133,7 @@ impl Op {
         "partitions",
         "online_hotmem_blocks",
         "wait_free_partitions",
+        "cancel",
     ];
 
     /// The wire name of this operation (its `"op"` value).
@@ -140,6 +151,7 @@ impl Op {
             Op::Partitions => "partitions",
             Op::OnlineHotmemBlocks => "online_hotmem_blocks",
             Op::WaitFreePartitions(_) => "wait_free_partitions",
+            Op::Cancel(_) => "cancel",
         }
     }
 }
@@ -152,16 +164,54 @@ pub struct ExecArgs {
     /// Extra environment variables, added to the agent's environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
-    /// Kill the program (and its process group) after this many milliseconds.
+    /// Kill the program (and its process group) after this many
+    /// milliseconds; without it the agent applies [`DEFAULT_EXEC_TIMEOUT_MS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
 }
+
+/// The agent's limit for an `exec` whose request sets no `timeout_ms`.
+pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 600_000;
+
+/// The agent's limit for `read_file` when the request sets no `max_bytes`.
+pub const DEFAULT_READ_FILE_MAX: u64 = 4 << 20;
+
+/// The largest `max_bytes` the agent accepts for `read_file`.
+pub const READ_FILE_MAX: u64 = 32 << 20;
 
 /// Arguments of [`Op::ReadFile`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadFileArgs {
     /// Absolute path in the guest.
     pub path: String,
+    /// Fail with [`ErrorKind::TooLarge`] if the file holds more than this
+    /// many bytes (default [`DEFAULT_READ_FILE_MAX`], at most [`READ_FILE_MAX`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+impl ReadFileArgs {
+    /// Reading `path` with the default size limit.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            max_bytes: None,
+        }
+    }
+}
+
+/// Arguments of [`Op::Cancel`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelArgs {
+    /// The id of the request to cancel.
+    pub request: u64,
+}
+
+/// Result of [`Op::Cancel`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelResult {
+    /// Whether the request was still running (and has now been told to stop).
+    pub cancelled: bool,
 }
 
 /// Arguments of [`Op::WriteFile`].
@@ -192,7 +242,24 @@ pub struct StartInstanceArgs {
     /// Extra environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// User id the instance runs as; `None`: a dedicated unprivileged uid
+    /// for this instance (`INSTANCE_UID_BASE` + instance id). `Some(0)`
+    /// runs it as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group id; `None`: the same number as the uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Install `hotmem-run`'s seccomp filter (no `prctl(PR_HOTMEM)`,
+    /// `ptrace`, `process_vm_*`, mounts or namespace changes); `None`: when
+    /// the guest kernel supports seccomp filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<bool>,
 }
+
+/// First of the dedicated uids (and gids) of instances: instance `n` runs
+/// as `INSTANCE_UID_BASE + n` unless its start request names a user.
+pub const INSTANCE_UID_BASE: u32 = 100_000;
 
 fn default_true() -> bool {
     true
@@ -209,11 +276,25 @@ pub struct StopInstanceArgs {
 }
 
 /// Arguments of [`Op::Events`].
+///
+/// With `after_seq` the agent keeps every event until a later request
+/// acknowledges it: `after_seq: N` acknowledges (forgets) the events up to
+/// sequence number N and returns those after it, so a host that lost a
+/// response asks again with the same cursor and loses nothing. Without it
+/// (protocol v1 hosts) the queued events are returned and forgotten.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventsArgs {
     /// If no event is queued, wait up to this long for one, in ms.
     #[serde(default)]
     pub wait_ms: u64,
+    /// The highest sequence number the host has processed (0: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    /// The agent run `after_seq` belongs to ([`EventList::agent_id`]); if
+    /// the agent is another one (it restarted), nothing is acknowledged and
+    /// all its events are answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 /// Arguments of [`Op::WaitFreePartitions`].
@@ -286,6 +367,15 @@ pub struct Instance {
     pub rss: Option<u64>,
     /// Microseconds from spawn until the instance was bound and exec'd.
     pub start_us: u64,
+    /// User id it runs as (`None` from agents that did not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group id it runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Whether it runs under `hotmem-run`'s seccomp filter.
+    #[serde(default)]
+    pub seccomp: bool,
     /// How it ended, once it has.
     #[serde(default)]
     pub exit: Option<InstanceExit>,
@@ -332,11 +422,76 @@ pub struct InstanceEvent {
 /// Result of [`Op::Events`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventList {
-    /// The events queued since the last [`Op::Events`], oldest first.
+    /// The events after the request's cursor (or, without one, all queued
+    /// events), oldest first.
     pub events: Vec<InstanceEvent>,
     /// Events dropped because the queue was full.
     #[serde(default)]
     pub dropped: u64,
+    /// The agent run these sequence numbers belong to ([`HelloResult::agent_id`]);
+    /// a cursor from another run means nothing here.
+    #[serde(default)]
+    pub agent_id: String,
+}
+
+/// State of a HotMem partition (`/sys/kernel/mm/hotmem/partitions/partN/state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionState {
+    /// No block of it is online.
+    Absent,
+    /// Some, not all, of its blocks are online.
+    Populating,
+    /// Fully online, nobody bound.
+    Free,
+    /// A process is bound to it.
+    Bound,
+    /// Its users are gone, pages are still in use.
+    Draining,
+    /// Being offlined.
+    Offlining,
+    /// A state this side does not know (a newer kernel or agent).
+    #[serde(other)]
+    Unknown,
+}
+
+impl PartitionState {
+    /// Every known state.
+    pub const ALL: [PartitionState; 6] = [
+        Self::Absent,
+        Self::Populating,
+        Self::Free,
+        Self::Bound,
+        Self::Draining,
+        Self::Offlining,
+    ];
+
+    /// The name the kernel (and the protocol) use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Absent => "absent",
+            Self::Populating => "populating",
+            Self::Free => "free",
+            Self::Bound => "bound",
+            Self::Draining => "draining",
+            Self::Offlining => "offlining",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Parses the kernel's name; anything else is [`PartitionState::Unknown`].
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name.trim())
+            .unwrap_or(Self::Unknown)
+    }
+}
+
+impl std::fmt::Display for PartitionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// One HotMem partition (`/sys/kernel/mm/hotmem/partitions/partN`).
@@ -344,8 +499,8 @@ pub struct EventList {
 pub struct Partition {
     /// The N of `partN`.
     pub id: u64,
-    /// `absent`, `populating`, `free`, `bound`, `draining` or `offlining`.
-    pub state: String,
+    /// Its state.
+    pub state: PartitionState,
     /// Processes bound to it.
     pub users: u64,
     /// Pages in use.
@@ -376,7 +531,10 @@ pub struct PartitionsResult {
 impl PartitionsResult {
     /// Number of partitions in state `free`.
     pub fn free(&self) -> u64 {
-        self.partitions.iter().filter(|p| p.state == "free").count() as u64
+        self.partitions
+            .iter()
+            .filter(|p| p.state == PartitionState::Free)
+            .count() as u64
     }
 }
 
@@ -401,6 +559,18 @@ pub struct HelloResult {
     pub kernel_release: String,
     /// Guest uptime (`CLOCK_BOOTTIME`) in milliseconds.
     pub uptime_ms: u64,
+    /// The guest's boot id (`/proc/sys/kernel/random/boot_id`); changes
+    /// with every guest boot. Empty from older agents.
+    #[serde(default)]
+    pub boot_id: String,
+    /// Identifies this agent process within the boot; a different value
+    /// with the same `boot_id` means the agent restarted (and lost track
+    /// of the instances it had started). Empty from older agents.
+    #[serde(default)]
+    pub agent_id: String,
+    /// The git revision the agent was built from ([`BUILD_REVISION`]).
+    #[serde(default)]
+    pub build_revision: String,
 }
 
 /// Result of [`Op::Exec`].
@@ -471,6 +641,10 @@ pub enum ErrorKind {
     BindFailed,
     /// A bug or unexpected state in the agent.
     Internal,
+    /// The host cancelled the request ([`Op::Cancel`]).
+    Cancelled,
+    /// The result would exceed a size limit (e.g. `read_file`'s `max_bytes`).
+    TooLarge,
     /// An error kind defined by a newer protocol revision.
     #[serde(other)]
     Unknown,
@@ -734,8 +908,10 @@ mod tests {
                 env: vec![("K".into(), "V=1".into())],
                 timeout_ms: Some(1500),
             }),
+            Op::ReadFile(ReadFileArgs::new("/proc/meminfo")),
             Op::ReadFile(ReadFileArgs {
-                path: "/proc/meminfo".into(),
+                path: "/proc/vmstat".into(),
+                max_bytes: Some(1 << 20),
             }),
             Op::WriteFile(WriteFileArgs {
                 path: "/sys/x".into(),
@@ -748,13 +924,24 @@ mod tests {
                 hotmem: true,
                 bind_timeout_ms: Some(1000),
                 env: vec![],
+                uid: Some(1000),
+                gid: None,
+                seccomp: Some(false),
             }),
             Op::StopInstance(StopInstanceArgs {
                 instance: 3,
                 grace_ms: 100,
             }),
             Op::ListInstances,
-            Op::Events(EventsArgs { wait_ms: 50 }),
+            Op::Events(EventsArgs {
+                wait_ms: 50,
+                ..EventsArgs::default()
+            }),
+            Op::Events(EventsArgs {
+                wait_ms: 0,
+                after_seq: Some(12),
+                agent_id: Some("7-1234".into()),
+            }),
             Op::Partitions,
             Op::OnlineHotmemBlocks,
             Op::WaitFreePartitions(WaitFreePartitionsArgs {
@@ -762,6 +949,7 @@ mod tests {
                 online: true,
                 timeout_ms: 5000,
             }),
+            Op::Cancel(CancelArgs { request: 41 }),
         ]
     }
 
@@ -775,7 +963,9 @@ mod tests {
     #[test]
     fn op_names_match_serialized_tags() {
         let ops = all_ops();
-        assert_eq!(ops.len(), Op::NAMES.len());
+        let mut names: Vec<_> = ops.iter().map(Op::name).collect();
+        names.dedup();
+        assert_eq!(names, Op::NAMES);
         for op in ops {
             let v = serde_json::to_value(Request::new(1, op.clone())).unwrap();
             assert_eq!(v["op"], op.name());
@@ -848,7 +1038,19 @@ mod tests {
             })
         );
         let req = decode_request(br#"{"v":1,"id":8,"op":"events"}"#).unwrap();
-        assert_eq!(req.op, Op::Events(EventsArgs { wait_ms: 0 }));
+        assert_eq!(req.op, Op::Events(EventsArgs::default()));
+        let Op::StartInstance(args) =
+            decode_request(br#"{"v":1,"id":8,"op":"start_instance","argv":["x"]}"#)
+                .unwrap()
+                .op
+        else {
+            panic!("not start_instance");
+        };
+        assert_eq!(
+            (args.uid, args.gid, args.seccomp),
+            (None, None, None),
+            "a dedicated user and seccomp-if-supported are the defaults"
+        );
     }
 
     #[test]
@@ -893,6 +1095,9 @@ mod tests {
             partition_used: Some(0),
             rss: None,
             start_us: 1200,
+            uid: Some(100_001),
+            gid: Some(100_001),
+            seccomp: true,
             exit: Some(exit.clone()),
         };
         let list = InstanceList {
@@ -911,6 +1116,7 @@ mod tests {
                 uptime_ms: 5,
             }],
             dropped: 0,
+            agent_id: "12-345".into(),
         };
         let v = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["events"][0]["kind"], "oom_killed");
@@ -924,9 +1130,9 @@ mod tests {
 
     #[test]
     fn partitions_count_free() {
-        let part = |id, state: &str| Partition {
+        let part = |id, state: PartitionState| Partition {
             id,
-            state: state.into(),
+            state,
             users: 0,
             used_pages: 0,
             online_blocks: 1,
@@ -934,10 +1140,60 @@ mod tests {
         let r = PartitionsResult {
             enabled: true,
             partition_size: 128 << 20,
-            partitions: vec![part(8, "free"), part(9, "bound"), part(10, "free")],
+            partitions: vec![
+                part(8, PartitionState::Free),
+                part(9, PartitionState::Bound),
+                part(10, PartitionState::Free),
+            ],
             ..PartitionsResult::default()
         };
         assert_eq!(r.free(), 2);
+    }
+
+    #[test]
+    fn partition_states_parse_with_unknown_fallback() {
+        for state in PartitionState::ALL {
+            assert_eq!(PartitionState::from_name(state.name()), state);
+            assert_eq!(serde_json::to_value(state).unwrap(), state.name());
+        }
+        assert_eq!(PartitionState::from_name("free\n"), PartitionState::Free);
+        assert_eq!(
+            PartitionState::from_name("evicting"),
+            PartitionState::Unknown
+        );
+        let p: Partition = serde_json::from_value(json!({
+            "id": 3, "state": "evicting", "users": 0, "used_pages": 0, "online_blocks": 1
+        }))
+        .unwrap();
+        assert_eq!(p.state, PartitionState::Unknown);
+    }
+
+    #[test]
+    fn older_peers_decode() {
+        // A hello from an agent before boot ids and revisions.
+        let hello: HelloResult = serde_json::from_value(json!({
+            "version": 1, "kernel_release": "6.12", "uptime_ms": 3
+        }))
+        .unwrap();
+        assert!(hello.boot_id.is_empty() && hello.build_revision.is_empty());
+        // An event list and an instance from an older agent.
+        let list: EventList = serde_json::from_value(json!({"events": []})).unwrap();
+        assert!(list.agent_id.is_empty());
+        let inst: Instance = serde_json::from_value(json!({
+            "instance": 1, "pid": 2, "argv": ["x"], "partition": null,
+            "state": "running", "start_us": 5
+        }))
+        .unwrap();
+        assert_eq!((inst.uid, inst.seccomp), (None, false));
+        // New error kinds reach an older host as Unknown, and ours decode.
+        let info: ErrorInfo =
+            serde_json::from_value(json!({"kind": "cancelled", "message": "m"})).unwrap();
+        assert_eq!(info.kind, ErrorKind::Cancelled);
+    }
+
+    #[test]
+    fn build_revision_is_recorded() {
+        assert!(!BUILD_REVISION.is_empty());
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub fn switch_user(user: User) -> Result<(), PrivError> {
     if [r.real, r.effective, r.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3] {
         return Err(not_dropped(format!("ids are now {r:?} {g:?}")));
     }
-    if !user_is_root(user) && setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok()
+    if !user_is_root(user)
+        && setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok()
     {
         return Err(not_dropped("it could become root again".to_owned()));
     }
@@ -230,7 +231,17 @@ mod tests {
         assert_eq!("5:7".parse(), Ok(User { uid: 5, gid: 7 }));
         assert_eq!("0".parse(), Ok(User { uid: 0, gid: 0 }));
         for bad in [
-            "", ":", "x", "1:", ":1", "1:2:3", "-1", "+1", "4294967295", "1:4294967295", "nobody",
+            "",
+            ":",
+            "x",
+            "1:",
+            ":1",
+            "1:2:3",
+            "-1",
+            "+1",
+            "4294967295",
+            "1:4294967295",
+            "nobody",
         ] {
             assert!(bad.parse::<User>().is_err(), "{bad:?} accepted");
         }

@@ -1,15 +1,21 @@
 //! Host-side client of the guest agent (`hotmem-proto` over a Unix socket).
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hotmem_proto::{
-    decode_agent_message, encode_line, AgentMessage, Empty, ErrorInfo, ExecArgs, ExecResult,
-    HelloResult, Op, ReadFileArgs, ReadFileResult, Request, WriteFileArgs,
+    decode_agent_message, encode_line, AgentMessage, CancelArgs, Empty, ErrorInfo, EventList,
+    EventsArgs, ExecArgs, ExecResult, HelloResult, InstanceEvent, Op, ReadFileArgs, ReadFileResult,
+    Request, Response, WriteFileArgs, BUILD_REVISION,
 };
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// How long sending a `cancel` for a timed-out request may take.
+const CANCEL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Longest response line accepted (exec output is capped well below this).
 const MAX_LINE: usize = 64 << 20;
@@ -67,7 +73,24 @@ pub enum AgentError {
     },
 }
 
+/// A request sent with [`AgentClient::start`], to be waited for with
+/// [`AgentClient::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a started request must be finished (or it is never cancelled)"]
+pub struct Pending {
+    /// The request id.
+    pub id: u64,
+    /// The operation.
+    pub op: &'static str,
+}
+
 /// A connection to a guest agent.
+///
+/// Requests can be pipelined: [`AgentClient::start`] several, then
+/// [`AgentClient::finish`] each; answers to the others that arrive
+/// meanwhile are kept. A request whose wait times out is cancelled in the
+/// guest (`cancel`; agents that do not know it ignore it) and its late
+/// answer is dropped.
 #[derive(Debug)]
 pub struct AgentClient {
     stream: UnixStream,
@@ -76,6 +99,10 @@ pub struct AgentClient {
     /// Prefix of `buf` already searched for a newline.
     scanned: usize,
     next_id: u64,
+    /// Requests sent and not yet finished, by id.
+    outstanding: HashMap<u64, &'static str>,
+    /// Answers received for outstanding requests not being waited for.
+    answered: HashMap<u64, Response>,
 }
 
 impl AgentClient {
@@ -100,6 +127,8 @@ impl AgentClient {
             buf: Vec::new(),
             scanned: 0,
             next_id: seed,
+            outstanding: HashMap::new(),
+            answered: HashMap::new(),
         }
     }
 
@@ -119,9 +148,7 @@ impl AgentClient {
 
     /// `read_file`.
     pub fn read_file(&mut self, path: &str, timeout: Duration) -> Result<String, AgentError> {
-        let op = Op::ReadFile(ReadFileArgs {
-            path: path.to_owned(),
-        });
+        let op = Op::ReadFile(ReadFileArgs::new(path));
         self.call::<ReadFileResult>(op, timeout).map(|r| r.data)
     }
 
@@ -144,7 +171,8 @@ impl AgentClient {
         self.call::<Empty>(Op::Poweroff, timeout).map(drop)
     }
 
-    /// Sends `op` and waits up to `timeout` for its response.
+    /// Sends `op` and waits up to `timeout` for its response; on timeout
+    /// the guest-side operation is cancelled.
     ///
     /// Responses to other ids (late answers to abandoned requests) and
     /// events (reserved in protocol v1) are skipped.
@@ -153,29 +181,110 @@ impl AgentClient {
         op: Op,
         timeout: Duration,
     ) -> Result<T, AgentError> {
-        let name = op.name();
-        let id = self.next_id;
+        let pending = self.start(op, timeout)?;
+        self.finish(pending, timeout)
+    }
+
+    /// Sends `op` without waiting for its answer.
+    pub fn start(&mut self, op: Op, timeout: Duration) -> Result<Pending, AgentError> {
+        let pending = Pending {
+            id: self.next_id,
+            op: op.name(),
+        };
         self.next_id += 1;
+        self.send(&Request::new(pending.id, op), timeout)?;
+        self.outstanding.insert(pending.id, pending.op);
+        Ok(pending)
+    }
+
+    /// Waits up to `timeout` for the answer to `pending`. On timeout the
+    /// request is cancelled in the guest and forgotten here.
+    pub fn finish<T: DeserializeOwned>(
+        &mut self,
+        pending: Pending,
+        timeout: Duration,
+    ) -> Result<T, AgentError> {
+        let result = self.wait_response(pending, timeout);
+        self.outstanding.remove(&pending.id);
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                if matches!(e, AgentError::Timeout { .. }) {
+                    self.cancel(pending.id);
+                }
+                return Err(e);
+            }
+        };
+        let name = pending.op;
+        match response.outcome {
+            Ok(value) => serde_json::from_value(value).map_err(|e| AgentError::Protocol {
+                op: name,
+                detail: format!("unexpected {name} result: {e}"),
+            }),
+            Err(error) => Err(AgentError::Remote { op: name, error }),
+        }
+    }
+
+    /// Asks the agent to cancel request `id`, without waiting for the
+    /// answer (which, like the cancelled request's, is then dropped).
+    fn cancel(&mut self, id: u64) {
+        let cancel_id = self.next_id;
+        self.next_id += 1;
+        let request = Request::new(cancel_id, Op::Cancel(CancelArgs { request: id }));
+        // Best effort: a broken connection shows on the next call.
+        let _ = self.send(&request, CANCEL_SEND_TIMEOUT);
+    }
+
+    fn wait_response(
+        &mut self,
+        pending: Pending,
+        timeout: Duration,
+    ) -> Result<Response, AgentError> {
+        if let Some(response) = self.answered.remove(&pending.id) {
+            return Ok(response);
+        }
+        let name = pending.op;
         let deadline = Instant::now() + timeout;
-        self.send(&Request::new(id, op), timeout)?;
         loop {
             let line = self.read_line(name, deadline, timeout)?;
-            let protocol = |detail: String| AgentError::Protocol { op: name, detail };
             let response = match decode_agent_message(&line) {
                 Ok(AgentMessage::Response(r)) => r,
                 Ok(AgentMessage::Event(_)) => continue,
-                Err(e) => return Err(protocol(e.to_string())),
+                Err(e) => {
+                    return Err(AgentError::Protocol {
+                        op: name,
+                        detail: e.to_string(),
+                    })
+                }
             };
-            // An id-less error is the agent failing to parse what we sent.
-            if response.id.is_some() && response.id != Some(id) {
-                continue;
+            match response.id {
+                // An id-less error is the agent failing to parse what we sent.
+                None => return Ok(response),
+                Some(id) if id == pending.id => return Ok(response),
+                Some(id) if self.outstanding.contains_key(&id) => {
+                    self.answered.insert(id, response);
+                }
+                // A late answer to an abandoned request.
+                Some(_) => {}
             }
-            return match response.outcome {
-                Ok(value) => serde_json::from_value(value)
-                    .map_err(|e| protocol(format!("unexpected {name} result: {e}"))),
-                Err(error) => Err(AgentError::Remote { op: name, error }),
-            };
         }
+    }
+
+    /// The events after `cursor` (waiting up to `wait` for one); advances
+    /// the cursor past them, so the next call acknowledges them. If the
+    /// answer is lost (timeout, broken connection), the cursor stays and
+    /// the next call gets the same events again. Use [`AgentClient::call`]
+    /// with [`Op::Events`] for the raw answer.
+    pub fn events(
+        &mut self,
+        cursor: &mut EventCursor,
+        wait: Duration,
+        timeout: Duration,
+    ) -> Result<EventList, AgentError> {
+        let op = Op::Events(cursor.request(wait));
+        let list: EventList = self.call(op, timeout.max(wait + Duration::from_secs(5)))?;
+        cursor.advance(&list);
+        Ok(list)
     }
 
     fn send(&mut self, request: &Request, timeout: Duration) -> Result<(), AgentError> {
@@ -233,6 +342,96 @@ impl AgentClient {
     }
 }
 
+/// Where a host is in an agent's event stream: the agent run and the
+/// highest sequence number received. Saved between `hotmemctl events`
+/// invocations in the run directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCursor {
+    /// The agent run the sequence numbers belong to (empty: none yet).
+    pub agent_id: String,
+    /// The highest sequence number received.
+    pub after_seq: u64,
+}
+
+impl EventCursor {
+    /// The `events` arguments for this cursor.
+    pub fn request(&self, wait: Duration) -> EventsArgs {
+        EventsArgs {
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            after_seq: Some(self.after_seq),
+            agent_id: (!self.agent_id.is_empty()).then(|| self.agent_id.clone()),
+        }
+    }
+
+    /// Moves past the events of `list` (a fresh agent run starts over).
+    pub fn advance(&mut self, list: &EventList) {
+        if list.agent_id != self.agent_id {
+            self.agent_id = list.agent_id.clone();
+            self.after_seq = 0;
+        }
+        if let Some(last) = list.events.iter().map(|e: &InstanceEvent| e.seq).max() {
+            self.after_seq = self.after_seq.max(last);
+        }
+    }
+}
+
+/// What a `hello` says about the agent compared to an earlier one and to
+/// this host build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AgentCheck {
+    /// The guest rebooted since the earlier hello.
+    pub rebooted: bool,
+    /// The agent restarted (same boot): instances it had started are
+    /// orphaned (still running, unknown to the new agent).
+    pub restarted: bool,
+    /// The agent was built from another git revision than this host
+    /// program: the initramfs is probably stale (`make initramfs`).
+    pub stale_build: Option<String>,
+}
+
+impl AgentCheck {
+    /// Compares `now` with `before` (if any) and with [`BUILD_REVISION`].
+    pub fn compare(before: Option<&HelloResult>, now: &HelloResult) -> Self {
+        let known = |s: &str| !s.is_empty();
+        let (rebooted, restarted) = match before {
+            Some(b) if known(&b.boot_id) && known(&now.boot_id) => {
+                let rebooted = b.boot_id != now.boot_id;
+                (rebooted, !rebooted && b.agent_id != now.agent_id)
+            }
+            _ => (false, false),
+        };
+        let stale_build = (now.build_revision != BUILD_REVISION).then(|| {
+            format!(
+                "the guest agent was built from revision {}, this program from {BUILD_REVISION}: \
+                 the initramfs is stale (run `make initramfs`)",
+                if now.build_revision.is_empty() {
+                    "unknown (an older agent)"
+                } else {
+                    &now.build_revision
+                }
+            )
+        });
+        Self {
+            rebooted,
+            restarted,
+            stale_build,
+        }
+    }
+
+    /// Human-readable warnings, one per line; empty if all is well.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.rebooted {
+            out.push("the guest rebooted since the session started".to_owned());
+        }
+        if self.restarted {
+            out.push("the guest agent restarted: instances it had started are orphaned".to_owned());
+        }
+        out.extend(self.stale_build.clone());
+        out
+    }
+}
+
 /// Errors after which a read can simply be retried (deadline permitting).
 fn is_retryable(e: &io::Error) -> bool {
     matches!(
@@ -277,12 +476,7 @@ mod tests {
     fn hello_roundtrip() {
         let mut agent = fake_agent(|req| {
             assert_eq!(req.op, Op::Hello);
-            let hello = HelloResult {
-                version: 1,
-                agent_version: "t".into(),
-                kernel_release: "6.12.0-hotmem".into(),
-                uptime_ms: 5,
-            };
+            let hello = hello_from("b", "a1", BUILD_REVISION);
             vec![ok(req.id, &hello)]
         });
         assert_eq!(agent.hello(T).unwrap().kernel_release, "6.12.0-hotmem");
@@ -338,6 +532,184 @@ mod tests {
             matches!(err, AgentError::Disconnected { .. } | AgentError::Io { .. }),
             "{err}"
         );
+    }
+
+    fn hello_from(boot: &str, agent: &str, rev: &str) -> HelloResult {
+        HelloResult {
+            version: 1,
+            agent_version: "t".into(),
+            kernel_release: "6.12.0-hotmem".into(),
+            uptime_ms: 5,
+            boot_id: boot.into(),
+            agent_id: agent.into(),
+            build_revision: rev.into(),
+        }
+    }
+
+    #[test]
+    fn a_timed_out_request_is_cancelled_in_the_guest() {
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let seen_tx = std::sync::Mutex::new(seen_tx);
+        let mut agent = fake_agent(move |req| {
+            let answer = match &req.op {
+                Op::Cancel(_) => vec![ok(req.id, &serde_json::json!({"cancelled": true}))],
+                _ => vec![],
+            };
+            seen_tx.lock().unwrap().send(req).unwrap();
+            answer
+        });
+        let err = agent
+            .exec(
+                ExecArgs {
+                    argv: vec!["sleep".into(), "30".into()],
+                    ..ExecArgs::default()
+                },
+                Duration::from_millis(100),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, AgentError::Timeout { op: "exec", .. }),
+            "{err}"
+        );
+        let exec = seen.recv_timeout(T).unwrap();
+        let cancel = seen.recv_timeout(T).unwrap();
+        assert_eq!(cancel.op, Op::Cancel(CancelArgs { request: exec.id }));
+        // The cancel's answer is skipped; the connection keeps working.
+        let mut agent2 = agent;
+        let err = agent2.hello(Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(err, AgentError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn pipelined_requests_are_matched_by_id() {
+        let held = std::sync::Mutex::new(None);
+        let mut agent = fake_agent(move |req| match &req.op {
+            // The exec is answered only after the hello that follows it.
+            Op::Exec(_) => {
+                *held.lock().unwrap() = Some(req.id);
+                vec![]
+            }
+            _ => {
+                let exec_id = held.lock().unwrap().take().unwrap();
+                let exec = ExecResult {
+                    status: Some(0),
+                    ..ExecResult::default()
+                };
+                vec![ok(req.id, &hello_from("b", "a", "r")), ok(exec_id, &exec)]
+            }
+        });
+        let exec = agent.start(Op::Exec(ExecArgs::default()), T).unwrap();
+        let hello = agent.start(Op::Hello, T).unwrap();
+        // Waiting for the exec first: the hello's answer comes first and
+        // is kept for later.
+        let r: ExecResult = agent.finish(exec, T).unwrap();
+        assert_eq!(r.status, Some(0));
+        let h: HelloResult = agent.finish(hello, T).unwrap();
+        assert_eq!(h.agent_id, "a");
+    }
+
+    #[test]
+    fn a_lost_events_answer_loses_no_event() {
+        use hotmem_proto::{InstanceEvent, InstanceEventKind};
+        // A fake agent keeping three events until acknowledged; its first
+        // answer to `events` is lost on the way.
+        let state = std::sync::Mutex::new((0u64, false));
+        let mut agent = fake_agent(move |req| {
+            let Op::Events(args) = &req.op else {
+                return vec![];
+            };
+            let mut st = state.lock().unwrap();
+            if args.agent_id.as_deref() == Some("run1") {
+                st.0 = st.0.max(args.after_seq.unwrap());
+            }
+            let events: Vec<InstanceEvent> = (st.0 + 1..=3)
+                .map(|seq| InstanceEvent {
+                    seq,
+                    kind: InstanceEventKind::InstanceExited,
+                    instance: seq,
+                    partition: None,
+                    exit: None,
+                    uptime_ms: seq,
+                })
+                .collect();
+            if !st.1 {
+                st.1 = true;
+                return vec![];
+            }
+            let list = EventList {
+                events,
+                dropped: 0,
+                agent_id: "run1".into(),
+            };
+            vec![ok(req.id, &list)]
+        });
+        let mut cursor = EventCursor::default();
+        let short = Duration::from_millis(200);
+        let err = agent
+            .events(&mut cursor, Duration::ZERO, short)
+            .unwrap_err();
+        assert!(matches!(err, AgentError::Timeout { .. }), "{err}");
+        assert_eq!(
+            cursor,
+            EventCursor::default(),
+            "a lost answer moves nothing"
+        );
+        let got = agent.events(&mut cursor, Duration::ZERO, T).unwrap();
+        let seqs: Vec<u64> = got.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3], "nothing lost");
+        assert_eq!(
+            cursor,
+            EventCursor {
+                agent_id: "run1".into(),
+                after_seq: 3
+            }
+        );
+        // The next call acknowledges them.
+        assert!(agent
+            .events(&mut cursor, Duration::ZERO, T)
+            .unwrap()
+            .events
+            .is_empty());
+    }
+
+    #[test]
+    fn cursor_starts_over_with_a_new_agent_run() {
+        let mut c = EventCursor {
+            agent_id: "old".into(),
+            after_seq: 40,
+        };
+        assert_eq!(c.request(Duration::ZERO).agent_id.as_deref(), Some("old"));
+        let list = EventList {
+            events: vec![],
+            dropped: 0,
+            agent_id: "new".into(),
+        };
+        c.advance(&list);
+        assert_eq!((c.agent_id.as_str(), c.after_seq), ("new", 0));
+        assert_eq!(
+            EventCursor::default().request(Duration::ZERO).agent_id,
+            None
+        );
+    }
+
+    #[test]
+    fn agent_restarts_and_stale_builds_are_noticed() {
+        let first = hello_from("boot1", "10-5", BUILD_REVISION);
+        let same = AgentCheck::compare(Some(&first), &first);
+        assert_eq!(same, AgentCheck::default());
+        assert!(same.warnings().is_empty());
+        let restarted =
+            AgentCheck::compare(Some(&first), &hello_from("boot1", "77-9", BUILD_REVISION));
+        assert!(restarted.restarted && !restarted.rebooted);
+        assert!(restarted.warnings()[0].contains("orphaned"));
+        let rebooted =
+            AgentCheck::compare(Some(&first), &hello_from("boot2", "10-5", BUILD_REVISION));
+        assert!(rebooted.rebooted && !rebooted.restarted);
+        let stale = AgentCheck::compare(None, &hello_from("boot1", "1", "0123456789ab"));
+        assert!(stale.stale_build.unwrap().contains("make initramfs"));
+        let old = AgentCheck::compare(Some(&first), &hello_from("", "", ""));
+        assert!(!old.restarted && !old.rebooted);
+        assert!(old.stale_build.unwrap().contains("older agent"));
     }
 
     #[test]

@@ -277,7 +277,7 @@ impl Guest {
                 memory_limit: None,
                 hotmem: bind && self.hotmem(),
                 bind_timeout_ms: Some(30_000),
-                env: Vec::new(),
+                ..StartInstanceArgs::default()
             }),
             Some(Duration::from_secs(90)),
         )

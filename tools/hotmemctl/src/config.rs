@@ -63,6 +63,21 @@ impl RunDir {
         self.path.join("agent.sock")
     }
 
+    /// The agent's `hello` at boot (JSON), to notice a restarted agent.
+    pub fn agent_hello(&self) -> PathBuf {
+        self.path.join("agent-hello.json")
+    }
+
+    /// Where `hotmemctl events` keeps its [`crate::agent::EventCursor`].
+    pub fn event_cursor(&self) -> PathBuf {
+        self.path.join("events.cursor")
+    }
+
+    /// Lock file serialising hotmemctl invocations on this guest.
+    pub fn lock_file(&self) -> PathBuf {
+        self.path.join("hotmemctl.lock")
+    }
+
     /// PID of the QEMU process.
     pub fn pid_file(&self) -> PathBuf {
         self.path.join("qemu.pid")

@@ -24,6 +24,7 @@ pub mod bench;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod lock;
 pub mod meminfo;
 pub mod plot;
 pub mod qmp;

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use hotmem_proto::{EventList, EventsArgs, Op};
+use hotmem_proto::EventList;
+use hotmemctl::agent::EventCursor;
 use hotmemctl::bench::BenchOptions;
 use hotmemctl::demo::{render_table, run_demo};
 use hotmemctl::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
@@ -332,6 +333,12 @@ enum CliError {
     Vm(#[from] VmError),
     #[error("cannot encode JSON output: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Prints `value` as JSON, or `human(value)` as text.
@@ -408,6 +415,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             opts.force_plug = force_plug;
             opts.timeout = Duration::from_secs(timeout);
             let mut vm = Vm::attach(&session.dir)?;
+            let _lock = vm.lock(LOCK_TIMEOUT)?;
             let report = scale::scale_up(&mut vm, &opts)?;
             emit(json, &report, scale::render_up)?;
             Ok(ExitCode::SUCCESS)
@@ -436,6 +444,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             opts.grace = Duration::from_millis(grace_ms);
             opts.timeout = Duration::from_secs(timeout);
             let mut vm = Vm::attach(&session.dir)?;
+            let _lock = vm.lock(LOCK_TIMEOUT)?;
             let report = scale::scale_down(&mut vm, &opts)?;
             emit(json, &report, scale::render_down)?;
             Ok(ExitCode::SUCCESS)
@@ -457,6 +466,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 },
             };
             let mut vm = Vm::attach(&session.dir)?;
+            let _lock = vm.lock(LOCK_TIMEOUT)?;
             let report = scale::unplug(
                 &mut vm,
                 partition,
@@ -468,16 +478,15 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Instances { session } => {
-            let list = scale::list_instances(&mut Vm::attach(&session.dir)?)?;
+            let mut vm = Vm::attach(&session.dir)?;
+            warn_about_agent(&mut vm)?;
+            let list = scale::list_instances(&mut vm)?;
             emit(json, &list, scale::render_instances)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Events { session, wait_ms } => {
             let mut vm = Vm::attach(&session.dir)?;
-            let events: EventList = vm.agent_call(
-                Op::Events(EventsArgs { wait_ms }),
-                Some(Duration::from_millis(wait_ms) + Duration::from_secs(10)),
-            )?;
+            let events = next_events(&mut vm, Duration::from_millis(wait_ms))?;
             emit(json, &events, |e| {
                 let mut out = String::new();
                 for ev in &e.events {
@@ -584,6 +593,37 @@ struct UpOutput {
     boot_ms: f64,
 }
 
+/// How long a command waits for another hotmemctl on the same guest.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The events since the last `hotmemctl events` on this run dir: the
+/// cursor saved there acknowledges what that call printed, and is moved
+/// past what this one gets (kept if the answer is lost, so nothing is).
+fn next_events(vm: &mut Vm, wait: Duration) -> Result<EventList, CliError> {
+    let _lock = vm.lock(LOCK_TIMEOUT)?;
+    let path = vm.run_dir().event_cursor();
+    let mut cursor: EventCursor = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let events = vm.events(&mut cursor, wait)?;
+    std::fs::write(&path, serde_json::to_string(&cursor)? + "\n").map_err(|source| {
+        CliError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        }
+    })?;
+    Ok(events)
+}
+
+/// Prints what [`Vm::check_agent`] found wrong, if anything.
+fn warn_about_agent(vm: &mut Vm) -> Result<(), CliError> {
+    for warning in vm.check_agent()?.warnings() {
+        eprintln!("hotmemctl: warning: {warning}");
+    }
+    Ok(())
+}
+
 fn up(cfg: &VmConfig, json: bool) -> Result<ExitCode, CliError> {
     eprintln!(
         "booting guest ({}) in {}...",
@@ -591,7 +631,8 @@ fn up(cfg: &VmConfig, json: bool) -> Result<ExitCode, CliError> {
         cfg.run_dir.display()
     );
     let start = Instant::now();
-    let vm = Vm::boot_detached(cfg)?;
+    let mut vm = Vm::boot_detached(cfg)?;
+    warn_about_agent(&mut vm)?;
     let out = UpOutput {
         dir: vm.run_dir().path().to_owned(),
         pid: vm.pid(),
@@ -624,6 +665,7 @@ struct StatusOutput {
 
 fn status(dir: &Path, json: bool) -> Result<ExitCode, CliError> {
     let mut vm = Vm::attach(dir)?;
+    warn_about_agent(&mut vm)?;
     let meminfo = vm.meminfo()?;
     let out = StatusOutput {
         pid: vm.pid(),
@@ -655,6 +697,7 @@ struct ResizeOutput {
 
 fn resize(dir: &Path, size: u64, wait: Option<Duration>, json: bool) -> Result<ExitCode, CliError> {
     let mut vm = Vm::attach(dir)?;
+    let _lock = vm.lock(LOCK_TIMEOUT)?;
     vm.set_requested_size(size)?;
     let waited = wait
         .map(|timeout| vm.wait_plugged(size, timeout))

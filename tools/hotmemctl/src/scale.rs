@@ -309,7 +309,7 @@ pub fn scale_up(vm: &mut Vm, opts: &ScaleUpOptions) -> Result<ScaleUpReport, VmE
             memory_limit: opts.memory_limit,
             hotmem,
             bind_timeout_ms: Some(BIND_TIMEOUT_MS),
-            env: Vec::new(),
+            ..StartInstanceArgs::default()
         }),
         Some(Duration::from_millis(BIND_TIMEOUT_MS) + Duration::from_secs(30)),
     )?;
@@ -328,6 +328,51 @@ pub fn scale_up(vm: &mut Vm, opts: &ScaleUpOptions) -> Result<ScaleUpReport, VmE
     })
 }
 
+/// What an unplug of one unit aims at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnplugTargets {
+    /// The `requested-size` to set: one unit below the *requested* size,
+    /// so that a plug still pending (requested above plugged) is kept,
+    /// not silently cancelled.
+    pub requested: u64,
+    /// The plugged size to wait for.
+    pub plugged: u64,
+}
+
+/// Targets for giving `unit` back with `trigger`, from the device's
+/// `requested` and `plugged` sizes.
+///
+/// QMP lowers the requested size by a unit and waits for the device to
+/// follow. The sysfs trigger has the guest unplug one unit of what is
+/// plugged now; the requested size is then lowered by a unit as well.
+pub fn unplug_targets(
+    requested: u64,
+    plugged: u64,
+    unit: u64,
+    trigger: &Trigger,
+) -> Result<UnplugTargets, VmError> {
+    let below = |size: u64, what: &str| {
+        size.checked_sub(unit).ok_or_else(|| {
+            failed(format!(
+                "cannot unplug {} with only {} {what}",
+                HumanSize(unit),
+                HumanSize(size)
+            ))
+        })
+    };
+    let new_requested = below(requested, "requested")?;
+    Ok(match trigger {
+        Trigger::Qmp => UnplugTargets {
+            requested: new_requested,
+            plugged: new_requested,
+        },
+        Trigger::Sysfs { .. } => UnplugTargets {
+            requested: new_requested,
+            plugged: below(plugged, "plugged")?,
+        },
+    })
+}
+
 /// Gives `unit` bytes back through `trigger`; returns the reclaim latency
 /// and the guest CPU time spent meanwhile.
 pub fn reclaim(
@@ -337,17 +382,11 @@ pub fn reclaim(
     partition: Option<u64>,
     timeout: Duration,
 ) -> Result<(Duration, Option<f64>), VmError> {
-    let before = vm.plugged_size()?;
-    let target = before.checked_sub(unit).ok_or_else(|| {
-        failed(format!(
-            "cannot unplug {} with only {} plugged",
-            HumanSize(unit),
-            HumanSize(before)
-        ))
-    })?;
+    let (requested, plugged) = (vm.requested_size()?, vm.plugged_size()?);
+    let targets = unplug_targets(requested, plugged, unit, trigger)?;
     let stat_before = vm.read_file("/proc/stat")?;
     let took = match trigger {
-        Trigger::Qmp => resize_and_wait(vm, target, timeout)?,
+        Trigger::Qmp => resize_and_wait(vm, targets.requested, timeout)?,
         Trigger::Sysfs { path, value } => {
             let fill = |s: &str| match partition {
                 Some(p) => Ok(s.replace("{partition}", &p.to_string())),
@@ -359,10 +398,10 @@ pub fn reclaim(
             let (path, value) = (fill(path)?, fill(value)?);
             let start = Instant::now();
             vm.write_file(&path, &value)?;
-            vm.wait_plugged(target, timeout)?;
+            vm.wait_plugged(targets.plugged, timeout)?;
             let took = start.elapsed();
             // Keep the device's target in line with what the guest gave back.
-            vm.set_requested_size(target)?;
+            vm.set_requested_size(targets.requested)?;
             took
         }
     };
@@ -546,7 +585,7 @@ pub fn render_instances(list: &InstanceList) -> String {
 pub fn partition_states(parts: &PartitionsResult) -> BTreeMap<String, u64> {
     let mut states = BTreeMap::new();
     for p in &parts.partitions {
-        *states.entry(p.state.clone()).or_insert(0) += 1;
+        *states.entry(p.state.name().to_owned()).or_insert(0) += 1;
     }
     states
 }
@@ -554,6 +593,28 @@ pub fn partition_states(parts: &PartitionsResult) -> BTreeMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unplug_targets_follow_the_requested_size() {
+        const P: u64 = 128 << 20;
+        let sysfs = Trigger::Sysfs {
+            path: "/sys/x".into(),
+            value: "1".into(),
+        };
+        // Settled device: one partition less either way.
+        let t = unplug_targets(4 * P, 4 * P, P, &Trigger::Qmp).unwrap();
+        assert_eq!((t.requested, t.plugged), (3 * P, 3 * P));
+        // A plug of 2 more partitions is pending (requested 4, plugged 2):
+        // lowering from the plugged size (to 1) would cancel it; from the
+        // requested size it stays pending (3).
+        let t = unplug_targets(4 * P, 2 * P, P, &Trigger::Qmp).unwrap();
+        assert_eq!((t.requested, t.plugged), (3 * P, 3 * P));
+        let t = unplug_targets(4 * P, 2 * P, P, &sysfs).unwrap();
+        assert_eq!((t.requested, t.plugged), (3 * P, P));
+        // Nothing to give back.
+        assert!(unplug_targets(0, 0, P, &Trigger::Qmp).is_err());
+        assert!(unplug_targets(P, 0, P, &sysfs).is_err());
+    }
 
     #[test]
     fn busy_ticks_sums_non_idle_fields() {

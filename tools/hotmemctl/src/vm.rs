@@ -16,11 +16,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::agent::{AgentClient, AgentError};
+use crate::agent::{AgentCheck, AgentClient, AgentError, EventCursor, Pending};
 use crate::config::{
     shell_quote, ConfigError, RunDir, VmConfig, DEFAULT_COMMAND_TIMEOUT, VMEM_QOM_PATH,
 };
 use crate::console;
+use crate::lock::{LockError, RunDirLock};
 use crate::meminfo::{parse_meminfo, MeminfoError};
 use crate::qmp::{QmpClient, QmpError};
 
@@ -109,6 +110,9 @@ pub enum VmErrorKind {
     /// A scale-up/scale-down or benchmark step cannot be done as asked.
     #[error("{0}")]
     Scale(String),
+    /// The run directory's lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// A session directory is unusable (no guest, or one already running).
     #[error("run dir {}: {reason}", dir.display())]
     Session {
@@ -479,6 +483,8 @@ fn prepare_run_dir(cfg: &VmConfig) -> Result<VmConfig, VmErrorKind> {
         dir.agent_socket(),
         dir.pid_file(),
         dir.cmdline_file(),
+        dir.agent_hello(),
+        dir.event_cursor(),
     ] {
         match fs::remove_file(&stale) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -566,6 +572,10 @@ impl Vm {
             .and_then(|()| connect(&dir, &mut process, cfg.boot_timeout));
         let (qmp, agent, hello) =
             started.map_err(|kind| with_diagnostics(kind, &dir, &mut process))?;
+        // Kept so that a later attach can tell a restarted agent.
+        let recorded = serde_json::to_string(&hello).unwrap_or_default();
+        write_file(&dir.agent_hello(), recorded + "\n")
+            .map_err(|kind| with_diagnostics(kind, &dir, &mut process))?;
         process.kill_on_drop = !detached;
         Ok(Vm {
             dir,
@@ -659,6 +669,49 @@ impl Vm {
     /// Agent `hello`.
     pub fn hello(&mut self) -> Result<HelloResult, VmError> {
         self.with_agent(|agent, timeout| agent.hello(timeout))
+    }
+
+    /// Asks the agent who it is and compares with the `hello` recorded at
+    /// boot and with this build: a rebooted guest, a restarted agent
+    /// (whose instances are orphaned), a stale initramfs.
+    pub fn check_agent(&mut self) -> Result<AgentCheck, VmError> {
+        let now = self.hello()?;
+        let before: Option<HelloResult> = fs::read_to_string(self.dir.agent_hello())
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        Ok(AgentCheck::compare(before.as_ref(), &now))
+    }
+
+    /// Takes the run directory's lock (waiting up to `timeout`), so that
+    /// no other hotmemctl changes this guest until the guard is dropped.
+    pub fn lock(&self, timeout: Duration) -> Result<RunDirLock, VmError> {
+        RunDirLock::acquire(&self.dir.lock_file(), timeout).map_err(VmError::bare)
+    }
+
+    /// Sends an agent operation without waiting for its answer; other
+    /// calls can be made meanwhile (the agent serves them concurrently).
+    pub fn agent_start(&mut self, op: hotmem_proto::Op) -> Result<Pending, VmError> {
+        self.with_agent(|agent, timeout| agent.start(op, timeout))
+    }
+
+    /// Waits up to `timeout` for the answer to a started operation; on
+    /// timeout the agent is told to cancel it.
+    pub fn agent_finish<T: serde::de::DeserializeOwned>(
+        &mut self,
+        pending: Pending,
+        timeout: Duration,
+    ) -> Result<T, VmError> {
+        self.with_agent(|agent, _| agent.finish(pending, timeout))
+    }
+
+    /// Instance events after `cursor`, waiting up to `wait` for one; the
+    /// cursor moves past them (see [`AgentClient::events`]).
+    pub fn events(
+        &mut self,
+        cursor: &mut EventCursor,
+        wait: Duration,
+    ) -> Result<hotmem_proto::EventList, VmError> {
+        self.with_agent(|agent, timeout| agent.events(cursor, wait, timeout))
     }
 
     /// Runs `argv` in the guest; the agent kills it after the command timeout.

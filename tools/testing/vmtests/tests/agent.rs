@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hotmem_proto::{
     ErrorKind, EventList, EventsArgs, Instance, InstanceEventKind, InstanceList, InstanceState, Op,
-    PartitionsResult, StartInstanceArgs, StopInstanceArgs, WaitFreePartitionsArgs,
+    PartitionState, PartitionsResult, StartInstanceArgs, StopInstanceArgs, WaitFreePartitionsArgs,
 };
 use hotmem_vmtests::{config, OrPanic};
 use hotmemctl::agent::AgentError;
@@ -32,7 +32,7 @@ fn start(vm: &mut Vm, argv: &[&str], limit: Option<u64>) -> Result<Instance, hot
             memory_limit: limit,
             hotmem: true,
             bind_timeout_ms: None,
-            env: vec![],
+            ..StartInstanceArgs::default()
         }),
         None,
     )
@@ -109,7 +109,10 @@ fn wait_exit_event(vm: &mut Vm, id: u64) -> hotmem_proto::InstanceExit {
         );
         let got: EventList = vm
             .agent_call(
-                Op::Events(EventsArgs { wait_ms: 2000 }),
+                Op::Events(EventsArgs {
+                    wait_ms: 2000,
+                    ..EventsArgs::default()
+                }),
                 Some(Duration::from_secs(30)),
             )
             .or_panic("events");
@@ -169,7 +172,7 @@ fn agent_instances_start_list_stop_events() {
     let bound: Vec<u64> = parts
         .partitions
         .iter()
-        .filter(|p| p.state == "bound")
+        .filter(|p| p.state == PartitionState::Bound)
         .map(|p| p.id)
         .collect();
     assert_eq!(bound.len(), 2, "{parts:?}");
@@ -209,7 +212,10 @@ fn agent_instances_start_list_stop_events() {
         );
         let got: EventList = vm
             .agent_call(
-                Op::Events(EventsArgs { wait_ms: 2000 }),
+                Op::Events(EventsArgs {
+                    wait_ms: 2000,
+                    ..EventsArgs::default()
+                }),
                 Some(Duration::from_secs(30)),
             )
             .or_panic("events");
