@@ -29,6 +29,10 @@
 //! {"v":1,"event":"instance_exited","data":{"...":"..."}}
 //! ```
 //!
+//! The agent serves requests concurrently and may answer them in any
+//! order; a host matches answers by `id`, and may [`Op::Cancel`] a request
+//! it stopped waiting for.
+//!
 //! # Compatibility rules
 //!
 //! * Unknown object keys are ignored by both sides, so optional fields can be
