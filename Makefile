@@ -21,7 +21,7 @@ ACCEL		?= tcg
 export BUILD
 
 .PHONY: all deps kernel module guest-programs hotmemctl initramfs guest check check-series demo bench \
-	lint clean distclean help
+	kernel-debug module-debug initramfs-debug guest-debug lint clean distclean help
 
 all: guest hotmemctl
 
@@ -30,6 +30,7 @@ help:
 	@echo "make kernel     unpack linux-source-6.12, apply patches/series, build"
 	@echo "make module     build the out-of-tree Rust module in rust/"
 	@echo "make initramfs  busybox + guest agent + modules + in-guest tests"
+	@echo "make guest-debug  the same with the debug kernel (lockdep, DEBUG_VM, KFENCE) in build/guest-debug"
 	@echo "make check      unit tests, lints and VM tests (what CI runs)"
 	@echo "make check-series  compile what each patch touches, patch by patch"
 	@echo "make demo       scale instances up/down on HotMem and vanilla guests, side by side"
@@ -65,6 +66,29 @@ initramfs: module guest-programs
 
 guest: initramfs
 
+# The debug guest: the same source tree and programs, kernel configured with
+# scripts/kconfig/debug.config in its own object tree, our module built
+# against it from a copy of the module sources.
+DEBUG_GUEST	:= $(BUILD)/guest-debug
+DEBUG_MODDIR	:= $(BUILD)/module-debug
+
+kernel-debug: kernel
+	@VARIANT=debug scripts/kernel-build.sh
+
+module-debug: kernel-debug
+	@mkdir -p $(DEBUG_MODDIR) $(BUILD)/logs
+	@cp -a Kbuild rust $(DEBUG_MODDIR)/
+	@echo "module: building rust/ against $$(cat $(DEBUG_GUEST)/kernel.release)"
+	@KOBJ=$(BUILD)/linux-obj-debug $(KMAKE) M=$(DEBUG_MODDIR) modules \
+		>$(BUILD)/logs/module-build-debug.log 2>&1 || \
+		{ cat $(BUILD)/logs/module-build-debug.log; exit 1; }
+
+initramfs-debug: module-debug guest-programs
+	@GUEST_DIR=$(DEBUG_GUEST) scripts/mkinitramfs.sh $(GUEST_BINDIR) \
+		$(DEBUG_MODDIR)/rust/hotmem_virtio_mem.ko
+
+guest-debug: initramfs-debug
+
 lint:
 	@$(CARGO) fmt --all --check
 	@$(CARGO) clippy --quiet --workspace --all-targets -- -D warnings
@@ -89,7 +113,8 @@ bench: deps guest hotmemctl
 
 clean:
 	-@$(KMAKE) M=$(CURDIR) clean >/dev/null 2>&1
-	rm -rf $(GUEST) $(BUILD)/vmtests $(BUILD)/demo $(BUILD)/bench
+	rm -rf $(GUEST) $(DEBUG_GUEST) $(DEBUG_MODDIR) $(BUILD)/vmtests $(BUILD)/vmtests-debug \
+		$(BUILD)/demo $(BUILD)/bench
 
 distclean:
 	rm -rf $(BUILD) target

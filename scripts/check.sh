@@ -70,6 +70,23 @@ else
 	failures+=("vm tests (no guest)")
 fi
 
+# The same VM tests on the debug kernel (lockdep, DEBUG_VM, DEBUG_LIST,
+# KFENCE): they must pass, and no guest may print a kernel report.
+step "debug guest build" make --no-print-directory guest-debug
+if [ -f "$build/guest-debug/bzImage" ] && [ -f "$build/guest-debug/initramfs.cpio.gz" ]; then
+	rm -rf "$build/vmtests-debug"
+	HOTMEM_KERNEL=$build/guest-debug/bzImage \
+	HOTMEM_INITRD=$build/guest-debug/initramfs.cpio.gz \
+	HOTMEM_ACCEL=${ACCEL:-tcg} \
+	HOTMEM_RUN_DIR=$build/vmtests-debug \
+	HOTMEM_DEBUG_KERNEL=1 \
+		cargo_tests "vm tests on the debug kernel" -p hotmem-vmtests -- --include-ignored --test-threads=1
+	step "debug kernel: clean dmesg" scripts/check-dmesg.sh "$build/vmtests-debug"
+else
+	failed=$((failed + 1))
+	failures+=("vm tests on the debug kernel (no guest)")
+fi
+
 echo
 [ ${#failures[@]} = 0 ] || echo "failed stages: ${failures[*]}"
 echo "elapsed: ${SECONDS}s"

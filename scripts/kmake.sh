@@ -8,6 +8,9 @@
 #
 #   scripts/kmake.sh [make args...]     runs in build/linux with O=build/linux-obj
 #
+# KOBJ=DIR selects another object tree (the debug kernel's is
+# build/linux-obj-debug).
+#
 # Runs of this script are serialised on build/.kmake.lock: two makes in one
 # object tree at once corrupt it (several people or agents share build/).
 set -euo pipefail
@@ -37,7 +40,7 @@ if ! flock -n 9; then
 	flock 9
 fi
 
-exec make -C "$build/linux" O="$build/linux-obj" LLVM=1 \
+exec make -C "$build/linux" O="${KOBJ:-$build/linux-obj}" LLVM=1 \
 	CC="$cc" HOSTCC="$cc" \
 	RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
 	BINDGEN="$bindgen" DEPMOD=/sbin/depmod LOCALVERSION= \

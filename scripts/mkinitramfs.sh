@@ -7,11 +7,14 @@
 # /usr/lib/hotmem/tests.
 #
 #   mkinitramfs.sh BINDIR MODULE.ko...
+#
+# GUEST_DIR selects the guest whose kernel modules go in (default
+# build/guest; the debug guest's is build/guest-debug).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$top/build}
-guest=$build/guest
+guest=${GUEST_DIR:-$build/guest}
 root=$guest/initramfs-root
 out=$guest/initramfs.cpio.gz
 
