@@ -1,5 +1,5 @@
-//! `hotmem-memhog --size 64M [--thp] [--fill BYTE] [--check-zero] [--fork]
-//! [--hold-ms MS]`
+//! `hotmem-memhog --size 64M [--thp | --collapse] [--fill BYTE] [--check-zero]
+//! [--fork] [--hold-ms MS]`
 //!
 //! Maps private anonymous memory and faults every page in: a memhog-style
 //! function instance. `--check-zero` verifies that every page reads as zero
@@ -7,6 +7,11 @@
 //! never show a previous instance's data); `--fill` then writes a pattern
 //! over everything so that a later instance would see it if pages were
 //! handed out unzeroed. `--fork` repeats the touch in a child (COW copies).
+//! `--collapse` faults the memory in as small pages and then asks for huge
+//! pages (MADV_HUGEPAGE), so that khugepaged collapses it while it is held.
+//! `--hwpoison` then injects a memory failure into the first page
+//! (MADV_HWPOISON: needs CONFIG_MEMORY_FAILURE and CAP_SYS_ADMIN); the
+//! kernel kills the process with SIGBUS.
 //! Prints one `key=value` summary line.
 //!
 //! `--request-interval-ms MS` turns the hold into a request loop, like a
@@ -31,8 +36,15 @@ struct Args {
     #[arg(long, value_parser = parse_size)]
     size: usize,
     /// Ask for transparent huge pages (MADV_HUGEPAGE).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "collapse")]
     thp: bool,
+    /// Fault in small pages (MADV_NOHUGEPAGE), then MADV_HUGEPAGE: work
+    /// for khugepaged.
+    #[arg(long)]
+    collapse: bool,
+    /// After touching, poison the first page (MADV_HWPOISON).
+    #[arg(long)]
+    hwpoison: bool,
     /// Check that each page is zero when first faulted in.
     #[arg(long)]
     check_zero: bool,
@@ -63,6 +75,8 @@ enum Error {
     NotZero { page: usize, offset: usize },
     #[error("the child failed")]
     Child,
+    #[error("madvise(MADV_HWPOISON) failed: {0}")]
+    Hwpoison(std::io::Error),
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -92,7 +106,7 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn new(len: usize, thp: bool) -> Result<Self, Error> {
+    fn new(len: usize, advice: Option<libc::c_int>) -> Result<Self, Error> {
         #[allow(unsafe_code)]
         // SAFETY: an anonymous private mapping at an address of the
         // kernel's choosing aliases nothing.
@@ -111,14 +125,33 @@ impl Mapping {
         }
         let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| Error::Mmap(len, std::io::Error::other("null mapping")))?;
-        if thp {
-            #[allow(unsafe_code)]
-            // SAFETY: advice on a range we just mapped; failure is harmless.
-            unsafe {
-                libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE);
-            }
+        let map = Self { ptr, len };
+        if let Some(advice) = advice {
+            map.advise(advice);
         }
-        Ok(Self { ptr, len })
+        Ok(map)
+    }
+
+    /// Injects a memory failure into the first page.
+    fn poison_first_page(&self) -> Result<(), Error> {
+        #[allow(unsafe_code)]
+        // SAFETY: the first page is ours and mapped; the kernel unmaps it
+        // and signals us, no reference into it is live in this program.
+        let ret = unsafe { libc::madvise(self.ptr.as_ptr().cast(), PAGE, libc::MADV_HWPOISON) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(Error::Hwpoison(std::io::Error::last_os_error()))
+        }
+    }
+
+    /// madvise() over the whole mapping; failure is harmless (no THP).
+    fn advise(&self, advice: libc::c_int) {
+        #[allow(unsafe_code)]
+        // SAFETY: advice on the range we mapped; it changes no contents.
+        unsafe {
+            libc::madvise(self.ptr.as_ptr().cast(), self.len, advice);
+        }
     }
 
     fn bytes(&mut self) -> &mut [u8] {
@@ -187,7 +220,14 @@ fn fork_and_touch(mem: &mut [u8]) -> Result<(), Error> {
 
 fn run(args: &Args) -> Result<Duration, Error> {
     let start = Instant::now();
-    let mut map = Mapping::new(args.size, args.thp)?;
+    let advice = if args.thp {
+        Some(libc::MADV_HUGEPAGE)
+    } else if args.collapse {
+        Some(libc::MADV_NOHUGEPAGE)
+    } else {
+        None
+    };
+    let mut map = Mapping::new(args.size, advice)?;
     let mem = map.bytes();
     touch(mem, args.check_zero)?;
     if let Some(byte) = args.fill {
@@ -196,6 +236,13 @@ fn run(args: &Args) -> Result<Duration, Error> {
     if args.fork {
         fork_and_touch(mem)?;
     }
+    if args.collapse {
+        map.advise(libc::MADV_HUGEPAGE);
+    }
+    if args.hwpoison {
+        map.poison_first_page()?;
+    }
+    let mem = map.bytes();
     let took = start.elapsed();
     println!(
         "memhog: touched size={} touch_ms={}",
@@ -328,6 +375,14 @@ mod tests {
         .unwrap();
         assert!(run(&args).is_ok());
         assert!(uptime_ms() > 0);
+    }
+
+    #[test]
+    fn collapse_faults_small_pages_then_asks_for_huge_ones() {
+        let args =
+            Args::try_parse_from(["memhog", "--size", "4M", "--collapse", "--fill", "7"]).unwrap();
+        assert!(run(&args).is_ok());
+        assert!(Args::try_parse_from(["memhog", "--size", "4M", "--collapse", "--thp"]).is_err());
     }
 
     #[test]

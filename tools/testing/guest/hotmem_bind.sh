@@ -10,7 +10,7 @@
 # be offlined.
 . "$(dirname "$0")/tap.sh"
 H=/sys/kernel/mm/hotmem
-tap_plan 20
+tap_plan 23
 
 total=$(meminfo_kb HotMemTotal)
 psize=$(cat $H/partition_size)
@@ -96,16 +96,39 @@ ok $? "tmpfs and page cache of a bound process are not in HotMem"
 rm -f /dev/shm/bound
 
 # Overflow: an instance that outgrows its partition is OOM-killed, alone.
+# Like a memcg OOM, it does not panic the VM under panic_on_oom=1.
+echo 1 >/proc/sys/vm/panic_on_oom
 oom_before=$(vmstat oom_kill)
 sleep 30 &
 bystander=$!
 hotmem-run -- hotmem-memhog --size $((psize / 1048576 + 64))M >/dev/null 2>&1
 rc=$?
+echo 0 >/proc/sys/vm/panic_on_oom
 check_eq "an instance larger than its partition is OOM-killed" 137 "$rc"
 check "only its own process was killed" kill -0 $bystander
 kill $bystander
 settle
 ok $? "the partition is free after the OOM kill"
+
+# Bind timeouts: a short one expires; one past 32 bits of milliseconds
+# waits (msecs_to_jiffies() takes an unsigned int: 2^32 + 1 ms was 1 ms).
+n=$(cat $H/nr_partitions)
+i=0
+while [ $i -lt "$n" ]; do
+	hotmem-run -- sleep 8 >/dev/null 2>&1 &
+	i=$((i + 1))
+done
+all_bound() { [ "$(nbound)" = "$n" ]; }
+wait_for all_bound
+hotmem-run --timeout-ms 200 -- true 2>/dev/null
+check_eq "with every partition bound, a 200 ms bind times out" 125 "$?"
+hotmem-run --timeout-ms 4294967297 -- true >/dev/null 2>&1 &
+long=$!
+sleep 1
+check "a bind timeout of 2^32 + 1 ms is still waiting after 1 s" kill -0 $long
+wait
+settle
+ok $? "the long-timeout binder got a partition once one was free, and exited"
 
 # Fresh memory is zero: dirty every partition, then check a new instance.
 n=$(cat $H/nr_partitions)

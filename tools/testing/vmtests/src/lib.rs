@@ -10,6 +10,7 @@
 //! | `HOTMEM_INITRD`  | guest initramfs (required)                           |
 //! | `HOTMEM_ACCEL`   | `tcg` (default) or `kvm`                             |
 //! | `HOTMEM_RUN_DIR` | base of the per-test run dirs (default `build/vmtests`) |
+//! | `HOTMEM_DEBUG_KERNEL` | set: the guest is the debug kernel, which must have what the fault tests need |
 //!
 //! Relative paths are taken relative to the workspace root, since cargo
 //! runs test binaries in the package directory.
@@ -61,6 +62,28 @@ fn required_artifact(var: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Whether the guest kernel is the debug kernel (`HOTMEM_DEBUG_KERNEL`).
+/// Fault tests that need its options (memory failure, fault injection)
+/// skip on the ordinary guest kernel and must run on this one.
+pub fn debug_kernel() -> bool {
+    env::var_os("HOTMEM_DEBUG_KERNEL").is_some()
+}
+
+/// Whether the guest has `path`; if not, the test may only be skipped on
+/// the ordinary guest kernel.
+///
+/// # Panics
+/// If `path` is missing on the debug kernel, or the guest cannot be asked.
+pub fn has_or_skip(vm: &mut Vm, path: &str, what: &str) -> bool {
+    let out = vm.exec(&["test", "-e", path]).or_panic("test -e");
+    if out.success() {
+        return true;
+    }
+    assert!(!debug_kernel(), "the debug kernel lacks {what} ({path})");
+    eprintln!("skipped: this guest kernel has no {what}; the debug kernel runs this test");
+    false
 }
 
 /// The guest configuration for test `name`, with its own run dir.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use hotmem_vmtests::{config, meminfo, vmstat, OrPanic};
+use hotmem_vmtests::{config, has_or_skip, meminfo, vmstat, OrPanic};
 use hotmemctl::{Vm, VmConfig};
 
 const MIB: u64 = 1 << 20;
@@ -111,20 +111,46 @@ fn hotmem_sysfs_online_and_fast_offline() {
     vm.shutdown().or_panic("shutdown");
 }
 
+/// With `hotmem=off` the kernel is vanilla: no sysfs directory, no meminfo
+/// lines, no `online_hotmem` online type (refused like any unknown type,
+/// with EINVAL, by the auto-online policy, the boot parameter and a block),
+/// no prctl.
 #[test]
 #[ignore = "boots a QEMU guest; run via make check"]
-fn hotmem_off_refuses_online_hotmem() {
-    let mut vm = Vm::boot(&hotmem_config("hotmem_off_refuses_online_hotmem", false))
-        .or_panic("booting a hotmem=off guest");
-    let enabled = vm
-        .read_file("/sys/kernel/mm/hotmem/enabled")
-        .or_panic("reading hotmem/enabled");
-    assert_eq!(enabled.trim(), "0");
+fn hotmem_off_is_vanilla() {
+    let mut cfg = hotmem_config("hotmem_off_is_vanilla", false);
+    // Ignored like any unknown online type: the default policy stays.
+    cfg.append = "memhp_default_state=online_hotmem hotmem=off".to_owned();
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=off guest");
+    assert!(
+        vm.read_file("/sys/kernel/mm/hotmem/enabled").is_err(),
+        "/sys/kernel/mm/hotmem exists with hotmem=off"
+    );
+    let meminfo_text = vm.read_file("/proc/meminfo").or_panic("meminfo");
+    assert!(
+        !meminfo_text.contains("HotMem"),
+        "HotMem lines in meminfo with hotmem=off:\n{meminfo_text}"
+    );
     assert_kunit_passed(&mut vm, "hotmem");
+
+    let policy = "/sys/devices/system/memory/auto_online_blocks";
+    let before = vm.read_file(policy).or_panic("auto_online_blocks");
+    assert_ne!(before.trim(), "online_hotmem");
+    let err = vm.write_file(policy, "online_hotmem").unwrap_err();
+    assert!(
+        err.to_string().contains("Invalid argument"),
+        "online_hotmem as auto-online policy with hotmem=off: {err}"
+    );
+    assert_eq!(vm.read_file(policy).or_panic("auto_online_blocks"), before);
+
+    let out = vm
+        .exec(&["hotmem-run", "--nonblock", "--", "true"])
+        .or_panic("hotmem-run");
+    assert!(!out.success(), "binding succeeded with hotmem=off");
+
     vm.exec_ok(&["modprobe", "virtio_mem"])
         .or_panic("modprobe virtio_mem");
     plug(&mut vm, BLOCK);
-
     let out = vm
         .exec_ok(&[
             "sh",
@@ -143,15 +169,29 @@ fn hotmem_off_refuses_online_hotmem() {
         .to_owned();
     let err = vm.write_file(&state, "online_hotmem").unwrap_err();
     assert!(
-        err.to_string().contains("Operation not permitted"),
+        err.to_string().contains("Invalid argument"),
         "online_hotmem with hotmem=off: {err}"
     );
     assert_eq!(vm.read_file(&state).or_panic("state").trim(), "offline");
     // Refusing changed nothing: the block still onlines the ordinary way.
     vm.write_file(&state, "online_movable")
         .or_panic("online_movable after a refused online_hotmem");
-    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
     plug(&mut vm, 0);
+    vm.shutdown().or_panic("shutdown");
+}
+
+/// `memhp_default_state=online_hotmem` is honoured wherever it stands on
+/// the command line relative to `hotmem=on`.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_default_state_before_hotmem_on() {
+    let mut cfg = hotmem_config("hotmem_default_state_before_hotmem_on", true);
+    cfg.append = format!("memhp_default_state=online_hotmem {}", cfg.append);
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
+    let policy = vm
+        .read_file("/sys/devices/system/memory/auto_online_blocks")
+        .or_panic("auto_online_blocks");
+    assert_eq!(policy.trim(), "online_hotmem");
     vm.shutdown().or_panic("shutdown");
 }
 
@@ -175,6 +215,61 @@ fn hotmem_bind_route_oom_and_lifetime() {
         vmstat(&mut vm, "hotmem_offline_fast") - fast_before,
         2 * PARTITION / BLOCK
     );
+    vm.shutdown().or_panic("shutdown");
+}
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_full_partition_does_not_stall_khugepaged() {
+    let mut vm = Vm::boot(&hotmem_config(
+        "hotmem_full_partition_does_not_stall_khugepaged",
+        true,
+    ))
+    .or_panic("booting a hotmem=on guest");
+    vm.set_command_timeout(Duration::from_secs(300));
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(&mut vm, PARTITION);
+    guest_tap(&mut vm, "hotmem_online.sh", &["1"]);
+    let report = guest_tap(&mut vm, "hotmem_khugepaged.sh", &[]);
+    eprintln!("{report}");
+    plug(&mut vm, 0);
+    vm.shutdown().or_panic("shutdown");
+}
+
+/// Poisoned pages (memory failure), in use and free, neither keep their
+/// partition draining nor reach an instance; the partition still unplugs
+/// on the fast path.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_hwpoisoned_pages_do_not_pin_partitions() {
+    let mut vm = Vm::boot(&hotmem_config(
+        "hotmem_hwpoisoned_pages_do_not_pin_partitions",
+        true,
+    ))
+    .or_panic("booting a hotmem=on guest");
+    if !has_or_skip(
+        &mut vm,
+        "/sys/devices/system/memory/hard_offline_page",
+        "CONFIG_MEMORY_FAILURE",
+    ) {
+        vm.shutdown().or_panic("shutdown");
+        return;
+    }
+    vm.set_command_timeout(Duration::from_secs(300));
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(&mut vm, PARTITION);
+    guest_tap(&mut vm, "hotmem_online.sh", &["1"]);
+    let report = guest_tap(&mut vm, "hotmem_hwpoison.sh", &[]);
+    eprintln!("{report}");
+    let fast_before = vmstat(&mut vm, "hotmem_offline_fast");
+    plug(&mut vm, 0);
+    assert_eq!(
+        vmstat(&mut vm, "hotmem_offline_fast") - fast_before,
+        PARTITION / BLOCK
+    );
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
     vm.shutdown().or_panic("shutdown");
 }
 
@@ -239,5 +334,108 @@ fn hotmem_partition_geometry_boot_and_runtime() {
     guest_tap(&mut vm, "hotmem_geometry.sh", &["plugged"]);
     plug(&mut vm, 0);
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    vm.shutdown().or_panic("shutdown");
+}
+
+/// The number of HotMem partitions in `state`.
+fn partitions_in(vm: &mut Vm, state: &str) -> usize {
+    let out = vm
+        .exec_ok(&[
+            "sh",
+            "-c",
+            "cat /sys/kernel/mm/hotmem/partitions/part*/state 2>/dev/null; true",
+        ])
+        .or_panic("reading partition states");
+    out.stdout.lines().filter(|l| l.trim() == state).count()
+}
+
+fn wait_partitions(vm: &mut Vm, state: &str, n: usize) {
+    let deadline = std::time::Instant::now() + PLUG_TIMEOUT;
+    while partitions_in(vm, state) != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {n} {state} partitions\nconsole:\n{}",
+            vm.console_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The documented C-driver path with QEMU's default 2 MiB device blocks:
+/// with `online_hotmem` as the auto-online policy, virtio_mem plugs whole
+/// partitions (big block mode), and a partition its instance left is
+/// unplugged on the fast path when the host asks for less.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_c_driver_default_block_size_gives_memory_back() {
+    let mut cfg = config("hotmem_c_driver_default_block_size_gives_memory_back");
+    assert_eq!(cfg.vmem_block_size, 2 * MIB, "QEMU's default block size");
+    cfg.append = "hotmem=on hotmem_partition_size=128M".to_owned();
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
+    vm.write_file(
+        "/sys/devices/system/memory/auto_online_blocks",
+        "online_hotmem",
+    )
+    .or_panic("auto_online_blocks");
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(&mut vm, 256 * MIB);
+    wait_partitions(&mut vm, "free", 2);
+
+    vm.exec_ok(&["hotmem-run", "--", "hotmem-memhog", "--size", "64M"])
+        .or_panic("a bound instance");
+    wait_partitions(&mut vm, "free", 2);
+
+    let fast_before = vmstat(&mut vm, "hotmem_offline_fast");
+    vm.set_requested_size(128 * MIB)
+        .or_panic("setting requested-size");
+    vm.wait_plugged(128 * MIB, Duration::from_secs(60))
+        .or_panic("waiting for the unplug of one partition");
+    assert_eq!(vmstat(&mut vm, "hotmem_offline_fast") - fast_before, 1);
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 128 * 1024);
+    plug(&mut vm, 0);
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    vm.shutdown().or_panic("shutdown");
+}
+
+/// Memory that virtio_mem added in sub-block mode (loaded before the policy
+/// was `online_hotmem`) may get pages onlined later, which a partition
+/// cannot account: `online_hotmem` refuses it with EINVAL and a message,
+/// and nothing changes.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn hotmem_online_refuses_sub_block_memory() {
+    let mut cfg = config("hotmem_online_refuses_sub_block_memory");
+    cfg.append = "hotmem=on hotmem_partition_size=128M".to_owned();
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(&mut vm, 128 * MIB);
+    let out = vm
+        .exec_ok(&[
+            "sh",
+            "-c",
+            "for i in $(seq 100); do \
+             grep -l offline /sys/devices/system/memory/memory*/state && exit 0; \
+             sleep 0.1; done; exit 1",
+        ])
+        .or_panic("finding the plugged block");
+    let state = out.stdout.lines().next().expect("a block").to_owned();
+    let err = vm.write_file(&state, "online_hotmem").unwrap_err();
+    assert!(
+        err.to_string().contains("Invalid argument"),
+        "online_hotmem of sub-block memory: {err}"
+    );
+    assert_eq!(vm.read_file(&state).or_panic("state").trim(), "offline");
+    assert!(vm
+        .console_tail(200)
+        .contains("onlines parts of a block later"));
+    assert_eq!(
+        partitions_in(&mut vm, "populating") + partitions_in(&mut vm, "free"),
+        0
+    );
+    vm.write_file(&state, "online_movable")
+        .or_panic("online_movable after a refused online_hotmem");
+    plug(&mut vm, 0);
     vm.shutdown().or_panic("shutdown");
 }
