@@ -11,8 +11,9 @@
 # KOBJ=DIR selects another object tree (the debug kernel's is
 # build/linux-obj-debug).
 #
-# Runs of this script are serialised on build/.kmake.lock: two makes in one
-# object tree at once corrupt it (several people or agents share build/).
+# Runs of this script are serialised on a lock per object tree
+# (build/.kmake.lock for build/linux-obj): two makes in one object tree at
+# once corrupt it (several people or agents share build/).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,14 +34,19 @@ export KBUILD_BUILD_TIMESTAMP="${KBUILD_BUILD_TIMESTAMP:-Thu Jan  1 00:00:00 UTC
 export KBUILD_BUILD_USER=hotmem
 export KBUILD_BUILD_HOST=hotmem
 
+obj=${KOBJ:-$build/linux-obj}
 mkdir -p "$build"
-exec 9>"$build/.kmake.lock"
+# One lock per object tree: builds of the guest and the debug kernel only
+# read the shared source tree.
+lock=$build/.kmake.lock
+[ "$obj" = "$build/linux-obj" ] || lock=$build/.kmake-$(basename "$obj").lock
+exec 9>"$lock"
 if ! flock -n 9; then
-	echo "kmake: waiting for another kernel build in $build to finish" >&2
+	echo "kmake: waiting for another kernel build in $obj to finish" >&2
 	flock 9
 fi
 
-exec make -C "$build/linux" O="${KOBJ:-$build/linux-obj}" LLVM=1 \
+exec make -C "$build/linux" O="$obj" LLVM=1 \
 	CC="$cc" HOSTCC="$cc" \
 	RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
 	BINDGEN="$bindgen" DEPMOD=/sbin/depmod LOCALVERSION= \

@@ -77,6 +77,8 @@ enum Error {
     Child,
     #[error("madvise(MADV_HWPOISON) failed: {0}")]
     Hwpoison(std::io::Error),
+    #[error("madvise({0}) failed: {1}")]
+    Madvise(&'static str, std::io::Error),
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -99,6 +101,13 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("bad size {s:?}"))
 }
 
+/// THP advice for the whole mapping.
+#[derive(Debug, Clone, Copy)]
+enum Advice {
+    Huge,
+    NoHuge,
+}
+
 /// A private anonymous mapping, unmapped on drop.
 struct Mapping {
     ptr: NonNull<u8>,
@@ -106,7 +115,7 @@ struct Mapping {
 }
 
 impl Mapping {
-    fn new(len: usize, advice: Option<libc::c_int>) -> Result<Self, Error> {
+    fn new(len: usize, advice: Option<Advice>) -> Result<Self, Error> {
         #[allow(unsafe_code)]
         // SAFETY: an anonymous private mapping at an address of the
         // kernel's choosing aliases nothing.
@@ -127,7 +136,7 @@ impl Mapping {
             .ok_or_else(|| Error::Mmap(len, std::io::Error::other("null mapping")))?;
         let map = Self { ptr, len };
         if let Some(advice) = advice {
-            map.advise(advice);
+            map.advise(advice)?;
         }
         Ok(map)
     }
@@ -145,12 +154,20 @@ impl Mapping {
         }
     }
 
-    /// madvise() over the whole mapping; failure is harmless (no THP).
-    fn advise(&self, advice: libc::c_int) {
+    /// madvise() over the whole mapping. A kernel without it (tinyconfig
+    /// leaves the syscall out) fails here rather than run another test.
+    fn advise(&self, advice: Advice) -> Result<(), Error> {
+        let (code, name) = match advice {
+            Advice::Huge => (libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
+            Advice::NoHuge => (libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
+        };
         #[allow(unsafe_code)]
         // SAFETY: advice on the range we mapped; it changes no contents.
-        unsafe {
-            libc::madvise(self.ptr.as_ptr().cast(), self.len, advice);
+        let ret = unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, code) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(Error::Madvise(name, std::io::Error::last_os_error()))
         }
     }
 
@@ -221,9 +238,9 @@ fn fork_and_touch(mem: &mut [u8]) -> Result<(), Error> {
 fn run(args: &Args) -> Result<Duration, Error> {
     let start = Instant::now();
     let advice = if args.thp {
-        Some(libc::MADV_HUGEPAGE)
+        Some(Advice::Huge)
     } else if args.collapse {
-        Some(libc::MADV_NOHUGEPAGE)
+        Some(Advice::NoHuge)
     } else {
         None
     };
@@ -237,7 +254,7 @@ fn run(args: &Args) -> Result<Duration, Error> {
         fork_and_touch(mem)?;
     }
     if args.collapse {
-        map.advise(libc::MADV_HUGEPAGE);
+        map.advise(Advice::Huge)?;
     }
     if args.hwpoison {
         map.poison_first_page()?;
