@@ -60,6 +60,8 @@ cargo_tests "unit tests" --workspace
 
 step "guest build" make --no-print-directory guest
 step "series: every patch compiles on its own" scripts/check-series-compile.sh
+step "series: top-level mm/, include/ and Documentation/ copies equal the series" \
+	scripts/check-series-files.sh
 if [ -f "$build/guest/bzImage" ] && [ -f "$build/guest/initramfs.cpio.gz" ]; then
 	HOTMEM_KERNEL=$build/guest/bzImage \
 	HOTMEM_INITRD=$build/guest/initramfs.cpio.gz \
