@@ -72,8 +72,10 @@ else
 	failures+=("vm tests (no guest)")
 fi
 
-# The same VM tests on the debug kernel (lockdep, DEBUG_VM, DEBUG_LIST,
-# KFENCE): they must pass, and no guest may print a kernel report.
+# The kernel-facing VM tests again on the debug kernel (lockdep, DEBUG_VM,
+# DEBUG_LIST, KFENCE, memory-failure injection): the mm fault tests and the
+# drivers.  They must pass, and no guest may print a kernel report.  (The
+# agent and scale tests exercise userspace over the same kernel paths.)
 step "debug guest build" make --no-print-directory guest-debug
 if [ -f "$build/guest-debug/bzImage" ] && [ -f "$build/guest-debug/initramfs.cpio.gz" ]; then
 	rm -rf "$build/vmtests-debug"
@@ -82,7 +84,8 @@ if [ -f "$build/guest-debug/bzImage" ] && [ -f "$build/guest-debug/initramfs.cpi
 	HOTMEM_ACCEL=${ACCEL:-tcg} \
 	HOTMEM_RUN_DIR=$build/vmtests-debug \
 	HOTMEM_DEBUG_KERNEL=1 \
-		cargo_tests "vm tests on the debug kernel" -p hotmem-vmtests -- --include-ignored --test-threads=1
+		cargo_tests "vm tests on the debug kernel" -p hotmem-vmtests \
+			--test hotmem --test driver --test virtio_mem -- --include-ignored --test-threads=1
 	step "debug kernel: clean dmesg" scripts/check-dmesg.sh "$build/vmtests-debug"
 else
 	failed=$((failed + 1))
