@@ -29,7 +29,7 @@ use kernel::{
     c_str, fmt, hotmem,
     prelude::*,
     str::CString,
-    sync::{Arc, Mutex},
+    sync::{Arc, CondVar, Mutex},
     time::{self, Ktime},
     types::ARef,
     virtio,
@@ -100,6 +100,7 @@ struct KernelEnv<'a> {
     vq: &'a mut virtio::Virtqueue,
     index: u32,
     nid: i32,
+    partition_size: u64,
     resource: &'static CStr,
 }
 
@@ -107,6 +108,16 @@ fn read_config(dev: &virtio::Device) -> Result<Config> {
     let mut buf = [0u8; wire::CONFIG_SIZE];
     dev.read_config(0, &mut buf)?;
     Config::decode(&buf).map_err(|_| EIO)
+}
+
+impl KernelEnv<'_> {
+    fn not_added_or_in_use(&mut self, addr: u64) -> KernelState {
+        if hotmem::memory_added(addr, self.partition_size) {
+            KernelState::InUse
+        } else {
+            KernelState::NotAdded
+        }
+    }
 }
 
 impl Env for KernelEnv<'_> {
@@ -124,10 +135,6 @@ impl Env for KernelEnv<'_> {
             .map_err(RequestError::NotSent)?;
         let bytes = resp.get(..len).unwrap_or(&[]);
         Response::decode(bytes, request.request_type()).map_err(RequestError::BadResponse)
-    }
-
-    fn sleep_ms(&mut self, ms: u32) {
-        time::msleep(ms);
     }
 
     fn now_us(&mut self) -> u64 {
@@ -150,14 +157,22 @@ impl Env for KernelEnv<'_> {
 
     fn kernel_state(&mut self, addr: u64) -> KernelState {
         match hotmem::partition_info(addr) {
-            Err(_) => KernelState::NotAdded,
-            Ok(i) if i.state == hotmem::State::Absent || i.online_blocks == 0 => {
-                KernelState::NotAdded
+            // Not a HotMem partition, or no block of it online: not added
+            // only if no memory at all (offline blocks, another driver's
+            // memory in another zone) is added there.
+            Err(e) if e == ENOENT => self.not_added_or_in_use(addr),
+            Ok(i) if i.state == hotmem::State::Absent && i.online_blocks == 0 => {
+                self.not_added_or_in_use(addr)
             }
             Ok(i) if i.state == hotmem::State::Free && i.users == 0 => KernelState::Free,
-            // Bound, draining, or in the middle of a transition.
-            Ok(_) => KernelState::InUse,
+            // Bound, draining, in the middle of a transition, a state this
+            // driver does not know, or no answer: in use.
+            _ => KernelState::InUse,
         }
+    }
+
+    fn memory_added(&mut self, addr: u64, size: u64) -> bool {
+        hotmem::memory_added(addr, size)
     }
 
     fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
@@ -174,6 +189,10 @@ struct Inner {
     vq: virtio::Virtqueue,
     parts: KVec<PartState>,
     st: driver::State,
+    /// The device region, reserved while the driver is bound (and after, if
+    /// memory is left added in it, for the next instance to take over:
+    /// see `hotmem::Region`).
+    region: Option<hotmem::Region>,
 }
 
 /// One virtio-mem device.
@@ -186,8 +205,14 @@ struct VmemDev {
     /// partitions may stay added after the driver is gone.
     resource: &'static CStr,
     dying: AtomicBool,
+    /// Set by every kick; a work step that must wait (BUSY) does not wait
+    /// if it is set.
+    kicked: AtomicBool,
     #[pin]
     inner: Mutex<Inner>,
+    /// Wakes a work step that waits to retry (BUSY), without the lock.
+    #[pin]
+    wake: CondVar,
     #[pin]
     work: Work<VmemDev>,
 }
@@ -204,13 +229,18 @@ impl WorkItem for VmemDev {
     }
 }
 
-/// Queues the device's work (coalesced if already queued).
+/// Queues the device's work (coalesced if already queued) and wakes a work
+/// step waiting to retry. May be called in interrupt context (configuration
+/// changes).
 fn kick(vmem: &Arc<VmemDev>) {
     if vmem.dying.load(Ordering::Acquire) {
         return;
     }
-    // An `Err` gives the reference back: the work is already queued.
-    let _ = workqueue::system().enqueue(vmem.clone());
+    vmem.kicked.store(true, Ordering::Release);
+    vmem.wake.notify_all();
+    // An `Err` gives the reference back: the work is already queued. Long
+    // queue: a work step may wait minutes for a busy device.
+    let _ = workqueue::system_long().enqueue(vmem.clone());
 }
 
 /// HotMem notifier handler: a partition lost its last user.
@@ -237,12 +267,13 @@ fn with_vmem<R>(
     inner: &mut Inner,
     f: impl FnOnce(&mut Vmem<'_>, &mut KernelEnv<'_>) -> R,
 ) -> Result<R> {
-    let Inner { vq, parts, st } = inner;
+    let Inner { vq, parts, st, .. } = inner;
     let mut env = KernelEnv {
         dev,
         vq,
         index: dev.index(),
         nid,
+        partition_size: geometry.partition_size(),
         resource,
     };
     // `parts` has `geometry.nr_partitions()` entries (see probe).
@@ -263,34 +294,71 @@ impl VmemDev {
         )
     }
 
-    /// One round: move the plugged size toward the device's request.
+    /// Moves the plugged size toward the device's request. When the device
+    /// answers BUSY (e.g. the host is migrating), waits with backoff and
+    /// tries again, without the device lock meanwhile (sysfs reads and
+    /// explicit unplugs go on); a kick (configuration change, partitions
+    /// released) ends the wait at once, removal ends it and the work.
     fn process(&self) {
-        if self.dying.load(Ordering::Acquire) {
-            return;
-        }
         let memory_block = hotmem::memory_block_bytes();
-        let _ = self.with(|v, env| {
-            let r = v.round(env, memory_block);
-            if r.plugged > 0 || r.unplugged > 0 || r.failed {
-                let c = v.census();
-                let requested = v.state().config.requested_size;
-                env.log(
-                    Level::Info,
-                    format_args!(
-                        "plugged {} and unplugged {} partitions in {} us{}; plugged {} MiB, \
-                         requested {} MiB, {} free, {} bound",
-                        r.plugged,
-                        r.unplugged,
-                        v.state().last_op.latency_us,
-                        if r.failed { " (stopped early)" } else { "" },
-                        v.plugged_bytes() >> 20,
-                        requested >> 20,
-                        c.online,
-                        c.bound
-                    ),
-                );
+        let mut inner = self.inner.lock();
+        loop {
+            if self.dying.load(Ordering::Acquire) {
+                return;
             }
-        });
+            self.kicked.store(false, Ordering::Release);
+            let retry = with_vmem(
+                &self.dev,
+                self.geometry,
+                self.nid,
+                self.resource,
+                &mut inner,
+                |v, env| {
+                    let r = v.round(env, memory_block);
+                    Self::log_round(v, env, &r);
+                    r.retry_ms
+                },
+            );
+            let Ok(Some(ms)) = retry else {
+                return;
+            };
+            if self.kicked.load(Ordering::Acquire) {
+                continue;
+            }
+            // A kick between the check and the wait is seen when the wait
+            // ends (at most the backoff's cap); removal notifies under the
+            // lock and is never missed.
+            let _ = self
+                .wake
+                .wait_interruptible_timeout(&mut inner, time::msecs_to_jiffies(ms));
+        }
+    }
+
+    fn log_round(v: &mut Vmem<'_>, env: &mut KernelEnv<'_>, r: &driver::RoundReport) {
+        if r.plugged > 0 || r.unplugged > 0 || r.failed {
+            let c = v.census();
+            let requested = v.state().config.requested_size;
+            env.log(
+                Level::Info,
+                format_args!(
+                    "plugged {} and unplugged {} partitions in {} us{}; plugged {} MiB, \
+                     requested {} MiB, {} free, {} bound{}",
+                    r.plugged,
+                    r.unplugged,
+                    v.state().last_op.latency_us,
+                    if r.failed { " (stopped early)" } else { "" },
+                    v.plugged_bytes() >> 20,
+                    requested >> 20,
+                    c.online,
+                    c.bound,
+                    if r.retry_ms.is_some() {
+                        "; device busy, retrying"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
     }
 
     /// Reads one value under the device lock, as of between two steps of
@@ -322,9 +390,11 @@ impl VmemDev {
         })
     }
 
-    /// Unplugs everything that has no users, at remove.
+    /// Unplugs everything that has no users, at remove; releases the device
+    /// region unless memory is left added in it.
     fn teardown(&self) {
-        let _ = self.with(|v, env| {
+        let mut inner = self.inner.lock();
+        let _ = with_vmem(&self.dev, self.geometry, self.nid, self.resource, &mut inner, |v, env| {
             let c = v.teardown(env);
             if c.bound > 0 || c.online > 0 || c.plugged > 0 || c.failed > 0 {
                 env.log(
@@ -339,6 +409,15 @@ impl VmemDev {
                 env.log(Level::Info, format_args!("all partitions unplugged"));
             }
         });
+        let config = inner.st.config;
+        if hotmem::memory_added(config.addr, config.region_size) {
+            pr_info!(
+                "virtio{}: device region stays reserved for the next load of the driver\n",
+                self.dev.index()
+            );
+        }
+        // Dropping the reservation keeps it if memory is left added.
+        drop(inner.region.take());
     }
 }
 
@@ -472,6 +551,23 @@ impl virtio::Driver for VmemDriver {
         );
         let name = CString::try_from_fmt(fmt!("System RAM (hotmem_virtio_mem)"))?;
         let resource: &'static CString = KBox::leak(KBox::new(name, GFP_KERNEL)?);
+        // Nothing but this driver's memory may be in the region: another
+        // driver's (virtio_mem's, left added when it was unloaded) must
+        // never be unplugged. Its reservation, or its memory, is in the way.
+        let region = hotmem::Region::reserve(config.addr, config.region_size, resource).map_err(
+            |e| {
+                pr_err!(
+                    "virtio{}: cannot reserve the device region {:#x}+{:#x} ({:?}): memory of \
+                     another driver (virtio_mem?) is there; not binding. Reboot, or unload \
+                     that driver while it has no memory added\n",
+                    index,
+                    config.addr,
+                    config.region_size,
+                    e
+                );
+                e
+            },
+        )?;
 
         let mut parts = KVec::with_capacity(geometry.nr_partitions(), GFP_KERNEL)?;
         for _ in 0..geometry.nr_partitions() {
@@ -483,6 +579,7 @@ impl virtio::Driver for VmemDriver {
             vq,
             parts,
             st: driver::State::new(config),
+            region: Some(region),
         };
         with_vmem(dev, geometry, nid, resource, &mut inner, |v, env| {
             v.probe_sync(env)
@@ -526,25 +623,37 @@ impl virtio::Driver for VmemDriver {
                 nid,
                 resource,
                 dying: AtomicBool::new(false),
+                kicked: AtomicBool::new(false),
                 inner <- kernel::new_mutex!(inner, "VmemDev::inner"),
+                wake <- kernel::new_condvar!("VmemDev::wake"),
                 work <- kernel::new_work!("VmemDev::work"),
             }),
             GFP_KERNEL,
         )?;
-        let notifier = hotmem::Notifier::register(Kick(vmem.clone()))?;
-        kick(&vmem);
-        Ok(KBox::new(
+        // Everything that can fail comes before anything that can run the
+        // work: if probe fails, the core frees the device's state, which
+        // queued work would still use.
+        let mut data = KBox::new(
             DevData {
-                notifier: Some(notifier),
+                notifier: None,
                 vmem,
             },
             GFP_KERNEL,
-        )?)
+        )?;
+        data.notifier = Some(hotmem::Notifier::register(Kick(data.vmem.clone()))?);
+        kick(&data.vmem);
+        Ok(data)
     }
 
     fn remove(_dev: &virtio::Device, mut data: KBox<DevData>) {
         let vmem = data.vmem.clone();
-        vmem.dying.store(true, Ordering::Release);
+        {
+            // Under the lock, so that a work step about to wait sees it or
+            // is woken.
+            let _guard = vmem.inner.lock();
+            vmem.dying.store(true, Ordering::Release);
+            vmem.wake.notify_all();
+        }
         // No more kicks from the notifier (config changes and sysfs are
         // already off), then wait for the work.
         data.notifier = None;
@@ -582,6 +691,8 @@ impl virtio::Driver for VmemDriver {
             }
             _ => return Err(EINVAL),
         };
+        // A BUSY device finishes the unplug from the work, with backoff.
+        kick(&data.vmem);
         r.map_err(unplug_errno)
     }
 }

@@ -85,16 +85,19 @@ pub trait Env {
     fn read_config(&mut self) -> Result<Config, Self::Error>;
     /// Sends `request` and waits for the device's response.
     fn request(&mut self, request: Request) -> Result<Response, RequestError<Self::Error>>;
-    /// Sleeps (between retries).
-    fn sleep_ms(&mut self, ms: u32);
     /// A monotonic clock, in microseconds.
     fn now_us(&mut self) -> u64;
     /// Adds and onlines the partition at `addr` (all or nothing).
     fn add(&mut self, addr: u64, size: u64) -> Result<(), Self::Error>;
     /// Offlines and removes the partition at `addr` (all or nothing).
     fn remove(&mut self, addr: u64, size: u64) -> Result<(), RemoveError<Self::Error>>;
-    /// The kernel's state of the partition at `addr`.
+    /// The kernel's state of the partition at `addr`: `NotAdded` only if
+    /// no memory at all (HotMem or not, any driver's) is added in it.
     fn kernel_state(&mut self, addr: u64) -> KernelState;
+    /// Whether any memory (any driver's, HotMem or not) is added in
+    /// `[addr, addr + size)`; `true` when it cannot tell. The driver sends
+    /// UNPLUG or UNPLUG_ALL only for ranges where this is `false`.
+    fn memory_added(&mut self, addr: u64, size: u64) -> bool;
     /// Logs a message about the device.
     fn log(&mut self, level: Level, args: fmt::Arguments<'_>);
 }
@@ -264,8 +267,16 @@ pub struct State {
     pub broken: bool,
     /// The last operation.
     pub last_op: LastOp,
-    /// Retries of BUSY answers.
+    /// Backoff for BUSY answers.
     pub policy: RetryPolicy,
+    /// Consecutive BUSY answers (or requests not sent); 0 after any other
+    /// answer.
+    pub busy_streak: u32,
+    /// Set when a request was answered BUSY (or not sent): run again after
+    /// this many milliseconds.
+    pub retry_after_ms: Option<u32>,
+    /// UNPLUG_ALL at probe was answered BUSY: send it again first.
+    pub unplug_all_pending: bool,
 }
 
 impl State {
@@ -282,6 +293,9 @@ impl State {
                 latency_us: 0,
             },
             policy: RetryPolicy::DEFAULT,
+            busy_streak: 0,
+            retry_after_ms: None,
+            unplug_all_pending: false,
         }
     }
 }
@@ -323,6 +337,9 @@ pub struct RoundReport {
     pub unplugged: usize,
     /// Whether it stopped early on a failure.
     pub failed: bool,
+    /// A request was answered BUSY (or not sent): run the round again after
+    /// this many milliseconds, without holding the device lock meanwhile.
+    pub retry_ms: Option<u32>,
 }
 
 /// How a step ended.
@@ -447,65 +464,73 @@ impl<'a> Vmem<'a> {
         }
     }
 
-    /// Sends `request`, retrying BUSY (and NACK to UNPLUG) with the bounded
-    /// backoff of the policy; returns the last response and the action. A
-    /// response that cannot be decoded marks the device broken.
+    /// Sends `request` once and returns the response and the action. BUSY
+    /// (and NACK to UNPLUG) is not retried here: it sets
+    /// [`State::retry_after_ms`] from the backoff policy, and the caller
+    /// stops and runs again later. A response that cannot be decoded marks
+    /// the device broken.
     fn send<E: Env>(
         &mut self,
         env: &mut E,
         request: Request,
     ) -> Result<(Response, Action), RequestError<E::Error>> {
         let kind = request.request_type();
-        let mut attempt: u32 = 1;
-        loop {
-            let response = match env.request(request) {
-                Ok(r) => r,
-                Err(RequestError::BadResponse(e)) => {
-                    self.st.broken = true;
-                    env.log(
-                        Level::Err,
-                        format_args!("bad response to {kind:?}: {e}; device marked broken"),
-                    );
-                    return Err(RequestError::BadResponse(e));
-                }
-                Err(e) => {
-                    env.log(Level::Err, format_args!("{kind:?} not sent: {e:?}"));
-                    return Err(e);
-                }
-            };
-            let action = next_action(&self.st.policy, kind, response.response_type(), attempt);
-            match action {
-                Action::Retry { delay_ms } => {
-                    if attempt == 1 {
-                        env.log(
-                            Level::Info,
-                            format_args!("device answered {response:?} to {kind:?}, retrying"),
-                        );
-                    }
-                    env.sleep_ms(delay_ms);
-                    attempt = attempt.saturating_add(1);
-                }
-                Action::Broken => {
-                    self.st.broken = true;
-                    env.log(
-                        Level::Err,
-                        format_args!(
-                            "device answered {response:?} to {kind:?}; device marked broken"
-                        ),
-                    );
-                    return Ok((response, action));
-                }
-                _ => return Ok((response, action)),
+        let response = match env.request(request) {
+            Ok(r) => r,
+            Err(RequestError::BadResponse(e)) => {
+                self.st.broken = true;
+                env.log(
+                    Level::Err,
+                    format_args!("bad response to {kind:?}: {e}; device marked broken"),
+                );
+                return Err(RequestError::BadResponse(e));
             }
+            Err(e) => {
+                env.log(Level::Err, format_args!("{kind:?} not sent: {e:?}"));
+                self.back_off();
+                return Err(e);
+            }
+        };
+        let attempt = self.st.busy_streak.saturating_add(1);
+        let action = next_action(&self.st.policy, kind, response.response_type(), attempt);
+        match action {
+            Action::Retry { delay_ms } => {
+                if self.st.busy_streak == 0 {
+                    env.log(
+                        Level::Info,
+                        format_args!("device answered {response:?} to {kind:?}, retrying"),
+                    );
+                }
+                self.st.busy_streak = attempt;
+                self.st.retry_after_ms = Some(delay_ms);
+            }
+            Action::Broken => {
+                self.st.broken = true;
+                env.log(
+                    Level::Err,
+                    format_args!("device answered {response:?} to {kind:?}; device marked broken"),
+                );
+            }
+            Action::GiveUp => {}
+            _ => self.st.busy_streak = 0,
+        }
+        Ok((response, action))
+    }
+
+    /// Schedules a retry with the backoff of the policy (a request that was
+    /// not sent).
+    fn back_off(&mut self) {
+        let attempt = self.st.busy_streak.saturating_add(1);
+        if let Some(delay_ms) = self.st.policy.delay_after(attempt) {
+            self.st.busy_streak = attempt;
+            self.st.retry_after_ms = Some(delay_ms);
         }
     }
 
     /// Asks the device about partition `index` (after an ERROR) and adopts
     /// its answer.
-    fn query_state<E: Env>(&mut self, env: &mut E, index: usize) {
-        let Ok(request) = self.geometry().state_request(index) else {
-            return;
-        };
+    fn query_state<E: Env>(&mut self, env: &mut E, index: usize) -> Option<BlockState> {
+        let request = self.geometry().state_request(index).ok()?;
         if let Ok((Response::AckState(state), _)) = self.send(env, request) {
             self.apply(env, index, Event::StateQueried(state));
             let id = self.partition_id(index);
@@ -513,7 +538,61 @@ impl<'a> Vmem<'a> {
                 Level::Info,
                 format_args!("partition {id} is {state:?} on the device"),
             );
+            return Some(state);
         }
+        None
+    }
+
+    /// Brings partition `index` (`Failed`, MIXED on the device) back to a
+    /// known state: UNPLUG_ALL if no memory is added anywhere in the
+    /// region (every partition becomes `Unplugged`), else one UNPLUG per
+    /// plugged device block (found with STATE). `false` if it is still
+    /// unknown (BUSY, or memory is added in it).
+    fn resolve_mixed<E: Env>(&mut self, env: &mut E, index: usize) -> bool {
+        let config = self.st.config;
+        let id = self.partition_id(index);
+        if self.parts.check_quiescent().is_ok()
+            && !env.memory_added(config.addr, config.region_size)
+        {
+            env.log(
+                Level::Info,
+                format_args!("partition {id} is partly plugged; UNPLUG_ALL"),
+            );
+            return match self.send(env, Request::UnplugAll) {
+                Ok((_, Action::Done)) => self.parts.unplug_all_acked().is_ok(),
+                _ => false,
+            };
+        }
+        let geometry = *self.geometry();
+        let Ok(range) = geometry.partition_range(index) else {
+            return false;
+        };
+        if env.memory_added(range.addr, geometry.partition_size()) {
+            return false;
+        }
+        env.log(
+            Level::Info,
+            format_args!("partition {id} is partly plugged; unplugging its blocks"),
+        );
+        let mut addr = range.addr;
+        for _ in 0..geometry.blocks_per_partition() {
+            let block = BlockRange { addr, nb_blocks: 1 };
+            match self.send(env, Request::State(block)) {
+                Ok((Response::AckState(BlockState::Unplugged), _)) => {}
+                Ok((Response::AckState(BlockState::Plugged), _)) => {
+                    if !matches!(
+                        self.send(env, Request::Unplug(block)),
+                        Ok((_, Action::Done))
+                    ) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+            addr = addr.saturating_add(geometry.block_size());
+        }
+        self.apply(env, index, Event::StateQueried(BlockState::Unplugged));
+        true
     }
 
     /// Asks the device about every `Failed` partition (an earlier STATE
@@ -522,7 +601,9 @@ impl<'a> Vmem<'a> {
         let mut resolved = true;
         for index in 0..self.parts.nr_partitions() {
             if self.parts.state(index) == Some(PartState::Failed) {
-                self.query_state(env, index);
+                if self.query_state(env, index) == Some(BlockState::Mixed) {
+                    self.resolve_mixed(env, index);
+                }
                 resolved &= self.parts.state(index) != Some(PartState::Failed);
             }
         }
@@ -549,12 +630,22 @@ impl<'a> Vmem<'a> {
         }
     }
 
-    /// Sends UNPLUG for partition `index` (`Unplugging`).
+    /// Sends UNPLUG for partition `index` (`Unplugging`), unless memory is
+    /// added in it: then it is not sent and the partition becomes `Bound`.
     fn unplug_request<E: Env>(&mut self, env: &mut E, index: usize) -> Outcome {
         let Ok(request) = self.geometry().unplug_request(index) else {
             return Outcome::Stop;
         };
         let id = self.partition_id(index);
+        if env.memory_added(self.addr(index), self.geometry().partition_size()) {
+            env.log(
+                Level::Err,
+                format_args!("partition {id} has memory added; not unplugging it"),
+            );
+            self.apply(env, index, Event::UnplugBusy);
+            self.apply(env, index, Event::FoundAdded);
+            return Outcome::Stop;
+        }
         let (response, action) = match self.send(env, request) {
             Ok(r) => r,
             Err(RequestError::NotSent(_)) => {
@@ -576,12 +667,12 @@ impl<'a> Vmem<'a> {
                 Outcome::Stop
             }
             _ => {
-                let attempts = self.st.policy.max_attempts;
+                let streak = self.st.busy_streak;
                 env.log(
                     Level::Warn,
                     format_args!(
-                        "device did not unplug partition {id} ({response:?} after {attempts} \
-                         attempts); it stays plugged, retried on the next event"
+                        "device did not unplug partition {id} ({response:?}, {streak} in a \
+                         row); it stays plugged, retried later"
                     ),
                 );
                 Outcome::Stop
@@ -621,10 +712,14 @@ impl<'a> Vmem<'a> {
     }
 
     /// Adds and onlines partition `index` (`Plugged`). On failure it is
-    /// unplugged again: the device keeps no memory the kernel does not use.
+    /// unplugged again if the kernel confirms that nothing of it is left
+    /// added (the device keeps no memory the kernel does not use); memory
+    /// left added, or an answer the kernel cannot give, keeps it plugged
+    /// as `Bound`.
     fn online<E: Env>(&mut self, env: &mut E, index: usize) -> Outcome {
         let size = self.geometry().partition_size();
-        match env.add(self.addr(index), size) {
+        let addr = self.addr(index);
+        match env.add(addr, size) {
             Ok(()) => {
                 self.apply(env, index, Event::Onlined);
                 Outcome::Continue
@@ -632,6 +727,17 @@ impl<'a> Vmem<'a> {
             Err(e) => {
                 self.apply(env, index, Event::OnlineFailed);
                 let id = self.partition_id(index);
+                if env.memory_added(addr, size) {
+                    env.log(
+                        Level::Err,
+                        format_args!(
+                            "cannot add partition {id}: {e:?}; memory is left added there, \
+                             keeping it plugged"
+                        ),
+                    );
+                    self.apply(env, index, Event::FoundAdded);
+                    return Outcome::Stop;
+                }
                 env.log(
                     Level::Err,
                     format_args!("cannot add partition {id}: {e:?}; unplugging it"),
@@ -679,11 +785,12 @@ impl<'a> Vmem<'a> {
                 Outcome::Stop
             }
             _ => {
-                let attempts = self.st.policy.max_attempts;
+                let streak = self.st.busy_streak;
                 env.log(
                     Level::Warn,
                     format_args!(
-                        "device busy, partition {id} not plugged after {attempts} attempts"
+                        "device busy, partition {id} not plugged ({streak} in a row); retried \
+                         later"
                     ),
                 );
                 Outcome::Stop
@@ -700,7 +807,13 @@ impl<'a> Vmem<'a> {
         if self.st.broken {
             return report;
         }
+        self.st.retry_after_ms = None;
         let start = env.now_us();
+        if self.st.unplug_all_pending && !self.unplug_all(env) {
+            report.failed = true;
+            report.retry_ms = self.st.retry_after_ms.take();
+            return report;
+        }
         let mut budget = self
             .parts
             .nr_partitions()
@@ -782,7 +895,45 @@ impl<'a> Vmem<'a> {
                 latency_us: env.now_us().saturating_sub(start),
             };
         }
+        report.retry_ms = self.st.retry_after_ms.take();
         report
+    }
+
+    /// Sends UNPLUG_ALL if nothing is added anywhere in the device region
+    /// and no partition is busy; `true` if it was ACKed or is not needed any
+    /// more (then the partitions, all unknown, are resolved with STATE).
+    fn unplug_all<E: Env>(&mut self, env: &mut E) -> bool {
+        let config = self.st.config;
+        if self.parts.check_quiescent().is_err()
+            || env.memory_added(config.addr, config.region_size)
+        {
+            env.log(
+                Level::Warn,
+                format_args!("memory is added in the device region; not sending UNPLUG_ALL"),
+            );
+            self.st.unplug_all_pending = false;
+            return true;
+        }
+        match self.send(env, Request::UnplugAll) {
+            Ok((_, Action::Done)) => {
+                self.st.unplug_all_pending = false;
+                let _ = self.parts.unplug_all_acked();
+                env.log(Level::Info, format_args!("UNPLUG_ALL done"));
+                true
+            }
+            Ok((response, Action::Retry { delay_ms })) => {
+                env.log(
+                    Level::Info,
+                    format_args!("UNPLUG_ALL answered {response:?}; retried in {delay_ms} ms"),
+                );
+                false
+            }
+            Ok((response, _)) => {
+                env.log(Level::Err, format_args!("UNPLUG_ALL answered {response:?}"));
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Explicit unplug of the partition with physical id `id`.
@@ -809,11 +960,28 @@ impl<'a> Vmem<'a> {
             .map_err(|e| UnplugFailure::Refused(Refusal::of(&e)))?;
         let result = self.offline_and_unplug(env, index);
         let done = usize::from(matches!(result, Ok(Outcome::Continue)));
-        self.finish_explicit(env, start, done, &result);
+        let pending = usize::from(self.pending_unplug(index, &result));
+        self.finish_explicit(env, start, done, pending, &result);
+        if pending > 0 {
+            return Ok(());
+        }
         result.and_then(|o| match o {
             Outcome::Continue => Ok(()),
             Outcome::Stop => Err(UnplugFailure::Device),
         })
+    }
+
+    /// Whether partition `index` was taken out of the kernel but the device
+    /// answered BUSY: the UNPLUG is retried later (and the partition is not
+    /// onlined again).
+    fn pending_unplug(
+        &self,
+        index: usize,
+        result: &Result<Outcome, UnplugFailure<impl Copy>>,
+    ) -> bool {
+        matches!(result, Ok(Outcome::Stop))
+            && self.parts.state(index) == Some(PartState::Plugged)
+            && self.st.retry_after_ms.is_some()
     }
 
     /// Explicit unplug of `n` free partitions (all or nothing).
@@ -835,6 +1003,7 @@ impl<'a> Vmem<'a> {
             .map_err(|e| UnplugFailure::Refused(Refusal::of(&e)))?;
         let mut result = Ok(Outcome::Continue);
         let mut done: usize = 0;
+        let mut pending: usize = 0;
         for index in 0..self.parts.nr_partitions() {
             if self.parts.state(index) != Some(PartState::Offlining) {
                 continue;
@@ -843,25 +1012,30 @@ impl<'a> Vmem<'a> {
                 result = self.offline_and_unplug(env, index);
                 if matches!(result, Ok(Outcome::Continue)) {
                     done = done.saturating_add(1);
+                } else if self.pending_unplug(index, &result) {
+                    pending = 1;
                 }
             } else {
                 // An earlier one failed: give the rest back untouched.
                 self.apply(env, index, Event::OfflineBusy);
             }
         }
-        self.finish_explicit(env, start, done, &result);
+        self.finish_explicit(env, start, done, pending, &result);
         result.and_then(|o| match o {
             Outcome::Continue => Ok(()),
             Outcome::Stop => Err(UnplugFailure::Device),
         })
     }
 
-    /// Records an explicit unplug and holds the target back.
+    /// Records an explicit unplug and holds the target back: `done`
+    /// partitions were unplugged, `pending` more were taken out of the
+    /// kernel and their UNPLUG is retried later.
     fn finish_explicit<E: Env>(
         &mut self,
         env: &mut E,
         start: u64,
         done: usize,
+        pending: usize,
         result: &Result<Outcome, UnplugFailure<E::Error>>,
     ) {
         let outcome = match result {
@@ -877,10 +1051,10 @@ impl<'a> Vmem<'a> {
             partitions: done,
             latency_us,
         };
-        if done > 0 {
+        if done > 0 || pending > 0 {
             // Do not plug back what the guest gave away until the device
             // asks for a different size.
-            let committed = self.parts.census().committed();
+            let committed = self.parts.census().committed().saturating_sub(pending);
             self.st.hold.set(committed, self.st.config.requested_size);
             env.log(
                 Level::Info,
@@ -927,6 +1101,18 @@ impl<'a> Vmem<'a> {
                 added = added.saturating_add(1);
             }
         }
+        // Memory added in the region outside the partitions (or that the
+        // kernel cannot account for) rules UNPLUG_ALL out as well.
+        if added == 0
+            && plugged != 0
+            && env.memory_added(self.st.config.addr, self.st.config.region_size)
+        {
+            env.log(
+                Level::Warn,
+                format_args!("memory is added in the device region; not sending UNPLUG_ALL"),
+            );
+            return self.resolve(env);
+        }
         match control::probe_sync(plugged, added) {
             ProbeSync::Nothing => Ok(()),
             ProbeSync::UnplugAll => {
@@ -937,6 +1123,17 @@ impl<'a> Vmem<'a> {
                 match self.send(env, Request::UnplugAll) {
                     Ok((_, Action::Done)) => {
                         let _ = self.parts.unplug_all_acked();
+                        Ok(())
+                    }
+                    Ok((response, Action::Retry { delay_ms })) => {
+                        // Every partition stays unknown until it gets through.
+                        env.log(
+                            Level::Info,
+                            format_args!(
+                                "UNPLUG_ALL answered {response:?}; retried in {delay_ms} ms"
+                            ),
+                        );
+                        self.st.unplug_all_pending = true;
                         Ok(())
                     }
                     Ok((response, _)) => {

@@ -36,6 +36,7 @@
 //! Plugged                Onlined                        Online
 //! Plugged                OnlineFailed                   Plugged
 //! Plugged                StartUnplug                    Unplugging
+//! Plugged                FoundAdded                     Bound
 //! Online                 KernelBound                    Bound
 //! Online                 StartUnplug                    Offlining
 //! Bound                  KernelReleased                 Online
@@ -89,6 +90,11 @@
 //!   request cannot fix it. The driver resolves it with UNPLUG_ALL when no
 //!   partition has memory added ([`Device::unplug_all_acked`]) or per-block
 //!   requests of its own.
+//! * Memory found added in a partition the driver has `Plugged` (its own
+//!   add failed and the kernel could not take it back, or memory of another
+//!   driver): `FoundAdded` makes it `Bound`, which is never unplugged; it
+//!   becomes `Online` only if the kernel reports it a free HotMem
+//!   partition.
 //! * Adding or onlining the memory failed (`OnlineFailed`): the partition
 //!   stays `Plugged`; the planner then unplugs it if the device wants fewer
 //!   partitions, or asks to online it again (the driver rate-limits that
@@ -240,6 +246,10 @@ pub enum Event {
     Onlined,
     /// Adding or onlining the memory failed.
     OnlineFailed,
+    /// Memory is added in a partition the driver has not added (a failed
+    /// add the kernel could not take back, or another driver's memory): it
+    /// must not be unplugged.
+    FoundAdded,
     /// The kernel reports the partition bound (users > 0).
     KernelBound,
     /// The kernel reports the partition free again (no users, no pages).
@@ -318,6 +328,7 @@ pub const fn transition(state: PartState, event: Event) -> Result<PartState, Inv
         (S::Plugged, E::Onlined) => S::Online,
         (S::Plugged, E::OnlineFailed) => S::Plugged,
         (S::Plugged, E::StartUnplug) => S::Unplugging,
+        (S::Plugged, E::FoundAdded) => S::Bound,
         (S::Online, E::KernelBound) => S::Bound,
         (S::Online, E::StartUnplug) => S::Offlining,
         (S::Bound, E::KernelReleased) => S::Online,

@@ -56,17 +56,19 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// HotMem's default: 10 ms doubling to at most 2 s, 10 attempts, so a
-    /// request is abandoned after about 4.5 s of BUSY. Linux's virtio-mem
-    /// driver waits 50 s to 300 s, but HotMem exists to give memory back
-    /// fast, and BUSY is transient (e.g. the host is migrating). The
-    /// partition is rolled back when a request is abandoned, and the driver
-    /// plans again on its next trigger (configuration change, a partition
-    /// released, or its own slow timer).
+    /// HotMem's default: 100 ms doubling to at most 2 minutes, never
+    /// giving up. The driver does not sleep between attempts: a BUSY
+    /// answer ends the work step, the partition is rolled back, and the
+    /// work runs again after the delay (or at once on a configuration
+    /// change), with the device lock released meanwhile. QEMU answers BUSY
+    /// for the whole of a migration; Linux's virtio-mem driver waits 5 s
+    /// doubling to 5 min. Starting small lets HotMem give memory back soon
+    /// after a short migration ends; the cap keeps a long one from being
+    /// polled often.
     pub const DEFAULT: Self = Self {
-        first_delay_ms: 10,
-        max_delay_ms: 2_000,
-        max_attempts: 10,
+        first_delay_ms: 100,
+        max_delay_ms: 120_000,
+        max_attempts: u32::MAX,
     };
 
     /// The delay before the next attempt after attempt number `attempt`

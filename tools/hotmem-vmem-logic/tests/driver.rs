@@ -40,12 +40,23 @@ struct Sim {
     usable: u64,
     /// Plugged on the device, per partition.
     plugged: [bool; N],
+    /// Partly plugged (MIXED) partitions: one bit per device block
+    /// (64 per partition); `plugged` is then false.
+    mixed: [u64; N],
     /// Added in the kernel, per partition.
     added: [bool; N],
     /// Bound in the kernel, per partition.
     in_use: [bool; N],
+    /// Memory another driver added, per partition (not HotMem).
+    foreign: [bool; N],
+    /// Memory another driver added in the region, outside the partitions.
+    foreign_outside: bool,
+    /// The kernel cannot tell whether memory is added.
+    unknown: bool,
     faults: VecDeque<Fault>,
     fail_add: VecDeque<bool>,
+    /// A failing add leaves the memory added (rollback failed).
+    add_leaves_added: bool,
     /// A partition unplugged on the device while its memory was added.
     violations: Vec<String>,
     now: u64,
@@ -58,10 +69,15 @@ impl Sim {
             requested: 0,
             usable: N as u64 * PART,
             plugged: [false; N],
+            mixed: [0; N],
             added: [false; N],
             in_use: [false; N],
+            foreign: [false; N],
+            foreign_outside: false,
+            unknown: false,
             faults: VecDeque::new(),
             fail_add: VecDeque::new(),
+            add_leaves_added: false,
             violations: Vec::new(),
             now: 0,
             log: Vec::new(),
@@ -82,6 +98,51 @@ impl Sim {
 
     fn plugged_bytes(&self) -> u64 {
         self.plugged.iter().filter(|p| **p).count() as u64 * PART
+            + self
+                .mixed
+                .iter()
+                .map(|m| u64::from(m.count_ones()))
+                .sum::<u64>()
+                * BLOCK
+    }
+
+    /// A one-block request: `(partition, bit)`.
+    fn block(&self, addr: u64, nb_blocks: u16) -> Option<(usize, u64)> {
+        (nb_blocks == 1 && addr >= BASE && addr < BASE + self.usable && (addr - BASE) % BLOCK == 0)
+            .then(|| (Self::index(addr), 1u64 << ((addr - BASE) % PART / BLOCK)))
+    }
+
+    /// One-block requests, on the bitmap of the partition.
+    fn block_request(&mut self, request: Request) -> Option<Response> {
+        let (Request::State(r) | Request::Unplug(r) | Request::Plug(r)) = request else {
+            return None;
+        };
+        let (i, bit) = self.block(r.addr, r.nb_blocks)?;
+        let mut bits = if self.plugged[i] {
+            u64::MAX
+        } else {
+            self.mixed[i]
+        };
+        let response = match request {
+            Request::State(_) if bits & bit != 0 => Response::AckState(BlockState::Plugged),
+            Request::State(_) => Response::AckState(BlockState::Unplugged),
+            Request::Unplug(_) if bits & bit != 0 => {
+                if self.added[i] || self.foreign[i] {
+                    self.violations
+                        .push(format!("block of partition {i} unplugged while added"));
+                }
+                bits &= !bit;
+                Response::Ack
+            }
+            Request::Plug(_) if bits & bit == 0 => {
+                bits |= bit;
+                Response::Ack
+            }
+            _ => Response::Error,
+        };
+        self.plugged[i] = bits == u64::MAX;
+        self.mixed[i] = if self.plugged[i] { 0 } else { bits };
+        Some(response)
     }
 
     fn index(addr: u64) -> usize {
@@ -116,7 +177,17 @@ impl Env for Sim {
             (Fault::Error, Request::Plug(_) | Request::Unplug(_)) => return Ok(Response::Error),
             _ => {}
         }
+        if let Some(response) = self.block_request(request) {
+            return Ok(response);
+        }
         Ok(match request {
+            Request::Plug(_) | Request::Unplug(_)
+                if self
+                    .whole(request_addr(request), PART_BLOCKS)
+                    .is_some_and(|i| self.mixed[i] != 0) =>
+            {
+                Response::Error
+            }
             Request::Plug(r) => match self.whole(r.addr, r.nb_blocks) {
                 None => Response::Error,
                 Some(i) if self.plugged[i] => Response::Error,
@@ -128,7 +199,7 @@ impl Env for Sim {
             },
             Request::Unplug(r) => match self.whole(r.addr, r.nb_blocks) {
                 Some(i) if self.plugged[i] => {
-                    if self.added[i] {
+                    if self.added[i] || self.foreign[i] {
                         self.violations
                             .push(format!("partition {i} unplugged while added"));
                     }
@@ -138,22 +209,20 @@ impl Env for Sim {
                 _ => Response::Error,
             },
             Request::UnplugAll => {
-                if self.added.iter().any(|a| *a) {
+                if self.added.iter().chain(&self.foreign).any(|a| *a) || self.foreign_outside {
                     self.violations.push("UNPLUG_ALL with memory added".into());
                 }
                 self.plugged = [false; N];
+                self.mixed = [0; N];
                 Response::Ack
             }
             Request::State(r) => match self.whole(r.addr, r.nb_blocks) {
+                Some(i) if self.mixed[i] != 0 => Response::AckState(BlockState::Mixed),
                 Some(i) if self.plugged[i] => Response::AckState(BlockState::Plugged),
                 Some(_) => Response::AckState(BlockState::Unplugged),
                 None => Response::Error,
             },
         })
-    }
-
-    fn sleep_ms(&mut self, ms: u32) {
-        self.now += u64::from(ms) * 1000;
     }
 
     fn now_us(&mut self) -> u64 {
@@ -166,7 +235,13 @@ impl Env for Sim {
         let i = Self::index(addr);
         assert!(self.plugged[i], "partition {i} added but not plugged");
         assert!(!self.added[i], "partition {i} added twice");
+        if self.foreign[i] {
+            return Err(-17);
+        }
         if self.fail_add.pop_front().unwrap_or(false) {
+            if self.add_leaves_added {
+                self.added[i] = true;
+            }
             return Err(-12);
         }
         self.added[i] = true;
@@ -186,6 +261,9 @@ impl Env for Sim {
 
     fn kernel_state(&mut self, addr: u64) -> KernelState {
         let i = Self::index(addr);
+        if self.foreign[i] || self.unknown {
+            return KernelState::InUse;
+        }
         match (self.added[i], self.in_use[i]) {
             (false, _) => KernelState::NotAdded,
             (true, false) => KernelState::Free,
@@ -193,8 +271,29 @@ impl Env for Sim {
         }
     }
 
+    fn memory_added(&mut self, addr: u64, size: u64) -> bool {
+        if self.unknown {
+            return true;
+        }
+        if size > PART {
+            assert_eq!((addr, size), (BASE, N as u64 * PART), "the whole region");
+            return self.foreign_outside || self.added.iter().chain(&self.foreign).any(|a| *a);
+        }
+        let i = Self::index(addr);
+        self.added[i] || self.foreign[i]
+    }
+
     fn log(&mut self, level: Level, args: fmt::Arguments<'_>) {
         self.log.push(format!("{level:?}: {args}"));
+    }
+}
+
+const PART_BLOCKS: u16 = (PART / BLOCK) as u16;
+
+fn request_addr(request: Request) -> u64 {
+    match request {
+        Request::Plug(r) | Request::Unplug(r) | Request::State(r) => r.addr,
+        Request::UnplugAll => 0,
     }
 }
 
@@ -251,7 +350,7 @@ impl Driver {
             }
             assert_eq!(
                 state.memory_added(),
-                sim.added[i],
+                sim.added[i] || sim.foreign[i],
                 "partition {i} ({state:?}): kernel disagrees"
             );
         }
@@ -471,22 +570,81 @@ fn value_files_are_named_once_and_hold_one_value() {
 }
 
 #[test]
-fn busy_is_retried_with_backoff_then_abandoned() {
+fn busy_is_retried_later_with_backoff_without_sleeping() {
     let mut sim = Sim::new();
     let mut d = Driver::probe(&mut sim);
     sim.requested = PART;
     sim.faults.extend([Fault::Busy; 3]);
-    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
-    assert_eq!((r.plugged, r.failed), (1, false));
-    assert!(sim.now >= 70_000, "10 + 20 + 40 ms of backoff");
+    let mut delays = Vec::new();
+    loop {
+        let now = sim.now;
+        let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+        // The round returns at once; the caller waits without the lock.
+        assert!(sim.now - now < 100, "the driver slept");
+        d.check(&sim);
+        match r.retry_ms {
+            Some(ms) => delays.push(ms),
+            None => {
+                assert_eq!(r.plugged, 1);
+                break;
+            }
+        }
+    }
+    assert_eq!(delays, [100, 200, 400]);
+    assert_eq!(d.st.busy_streak, 0, "reset by the ACK");
+    // A long BUSY (a migration) never gives up, and the delay is capped.
     sim.requested = 2 * PART;
-    sim.faults.extend([Fault::Busy; 10]);
+    sim.faults.extend([Fault::Busy; 40]);
+    let mut last = 0;
+    for _ in 0..40 {
+        let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+        assert_eq!(r.plugged, 0);
+        last = r.retry_ms.expect("retried");
+        d.check(&sim);
+    }
+    assert_eq!(last, 120_000);
     let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
-    assert_eq!((r.plugged, r.failed), (0, true));
+    assert_eq!((r.plugged, r.retry_ms), (1, None));
     d.check(&sim);
-    // The next trigger plugs it.
+}
+
+#[test]
+fn busy_unplug_all_at_probe_is_retried() {
+    let mut sim = Sim::new();
+    sim.plugged[3] = true;
+    sim.faults.extend([Fault::Busy; 2]);
+    let mut d = Driver::probe(&mut sim);
+    assert!(sim.plugged[3]);
+    assert!(d.st.unplug_all_pending);
+    sim.requested = PART;
     let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
-    assert_eq!(r.plugged, 1);
+    assert_eq!(r.retry_ms, Some(200));
+    assert!(sim.plugged[3]);
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!((r.plugged, r.retry_ms), (1, None));
+    assert!(!d.st.unplug_all_pending);
+    assert_eq!(
+        sim.plugged,
+        [true, false, false, false, false, false, false, false]
+    );
+    d.check(&sim);
+}
+
+#[test]
+fn busy_explicit_unplug_completes_later() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 2 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    sim.faults.push_back(Fault::Busy);
+    assert_eq!(d.vmem().unplug_id(&mut sim, BASE / PART + 1), Ok(()));
+    assert_eq!(d.parts[1], PartState::Plugged);
+    assert!(sim.plugged[1] && !sim.added[1]);
+    d.check(&sim);
+    // The retry unplugs it; it is not onlined again.
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!((r.unplugged, r.retry_ms), (1, None));
+    assert_eq!(sim.plugged_bytes(), PART);
     d.check(&sim);
 }
 
@@ -501,6 +659,135 @@ fn failed_online_is_unplugged_again() {
     assert_eq!(sim.plugged_bytes(), 0, "nothing plugged that is not added");
     d.check(&sim);
     d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(sim.plugged_bytes(), 2 * PART);
+    d.check(&sim);
+}
+
+#[test]
+fn failed_add_that_leaves_memory_added_is_not_unplugged() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 2 * PART;
+    sim.fail_add.push_back(true);
+    sim.add_leaves_added = true;
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert!(r.failed);
+    assert!(sim.plugged[0] && sim.added[0]);
+    assert_eq!(d.parts[0], PartState::Bound);
+    d.check(&sim);
+    // It is never unplugged while the kernel has it in use, whatever the
+    // device asks.
+    sim.in_use[0] = true;
+    sim.requested = 0;
+    for _ in 0..3 {
+        d.vmem().round(&mut sim, MEMORY_BLOCK);
+        d.check(&sim);
+    }
+    assert!(sim.plugged[0]);
+    let left = d.vmem().teardown(&mut sim);
+    assert_eq!(left.bound, 1);
+    d.check(&sim);
+}
+
+#[test]
+fn memory_of_another_driver_is_never_unplugged() {
+    // Another driver's memory in partitions 0 and 1, plugged and added
+    // (not HotMem), partition 4 plugged only: no UNPLUG_ALL, no UNPLUG of
+    // 0 or 1, whatever the device asks.
+    let mut sim = Sim::new();
+    for i in [0, 1] {
+        sim.plugged[i] = true;
+        sim.foreign[i] = true;
+    }
+    sim.plugged[4] = true;
+    let mut d = Driver::probe(&mut sim);
+    d.check(&sim);
+    sim.requested = 0;
+    for _ in 0..3 {
+        d.vmem().round(&mut sim, MEMORY_BLOCK);
+        d.check(&sim);
+    }
+    assert!(sim.plugged[0] && sim.plugged[1]);
+    assert!(!sim.plugged[4], "the driver's own plugged memory goes");
+    let _ = d.vmem().unplug_free(&mut sim, 1);
+    let _ = d.vmem().unplug_id(&mut sim, BASE / PART);
+    d.vmem().teardown(&mut sim);
+    d.check(&sim);
+    assert!(sim.plugged[0] && sim.plugged[1]);
+}
+
+#[test]
+fn memory_added_outside_the_partitions_rules_out_unplug_all() {
+    let mut sim = Sim::new();
+    sim.plugged[3] = true;
+    sim.foreign_outside = true;
+    let mut d = Driver::probe(&mut sim);
+    d.check(&sim);
+    assert!(sim.violations.is_empty());
+    // Partition 3 is the driver's to unplug (STATE said plugged, nothing
+    // added in it).
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!(sim.plugged_bytes(), 0);
+    d.check(&sim);
+}
+
+#[test]
+fn memory_the_kernel_cannot_account_for_is_in_use() {
+    let mut sim = Sim::new();
+    sim.plugged[3] = true;
+    sim.unknown = true;
+    let config = sim.config();
+    let mut d = Driver {
+        parts: vec![PartState::Unplugged; N],
+        st: State::new(config),
+    };
+    // Every partition looks added: probe refuses the device (the driver's
+    // view cannot be brought in line) rather than unplug anything.
+    assert!(d.vmem().probe_sync(&mut sim).is_err());
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    assert!(sim.plugged[3]);
+}
+
+#[test]
+fn a_mixed_partition_is_resolved_with_unplug_all_when_nothing_is_added() {
+    let mut sim = Sim::new();
+    sim.mixed[2] = 0b1011;
+    sim.plugged[5] = true;
+    // Plugged, nothing added: UNPLUG_ALL at probe clears it all.
+    let mut d = Driver::probe(&mut sim);
+    assert_eq!(sim.plugged_bytes(), 0);
+    d.check(&sim);
+    // Partly plugged later (e.g. by a previous driver's failed request):
+    // the next round resolves it and plugs on.
+    sim.requested = 2 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    sim.mixed[6] = 0b110;
+    d.parts[6] = PartState::Failed;
+    sim.requested = 3 * PART;
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert!(!d.parts.contains(&PartState::Failed));
+    assert_eq!(sim.mixed, [0; N]);
+    // Partitions 0 and 1 were added: per-block unplug, no UNPLUG_ALL.
+    assert!(sim.added[0] && sim.added[1]);
+    assert_eq!(r.plugged, 1);
+    assert_eq!(sim.plugged_bytes(), 3 * PART);
+    d.check(&sim);
+}
+
+#[test]
+fn a_mixed_partition_does_not_stop_plugging() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    // Nothing added there, but partition 0 is: per-block unplug.
+    sim.mixed[4] = 1 << 63 | 1;
+    d.parts[4] = PartState::Failed;
+    sim.requested = 2 * PART;
+    let r = d.vmem().round(&mut sim, MEMORY_BLOCK);
+    assert_eq!((r.plugged, r.failed), (1, false));
+    assert_eq!(d.parts[4], PartState::Unplugged);
+    assert_eq!(sim.mixed[4], 0);
     assert_eq!(sim.plugged_bytes(), 2 * PART);
     d.check(&sim);
 }
@@ -591,8 +878,10 @@ proptest! {
         actions in proptest::collection::vec(action(), 1..40),
         faults in proptest::collection::vec(fault(), 0..60),
         fail_add in proptest::collection::vec(proptest::bool::weighted(0.1), 0..10),
+        add_leaves_added in proptest::bool::weighted(0.3),
     ) {
         let mut sim = Sim::new();
+        sim.add_leaves_added = add_leaves_added;
         let mut d = Driver::probe(&mut sim);
         sim.faults.extend(faults);
         sim.fail_add.extend(fail_add);

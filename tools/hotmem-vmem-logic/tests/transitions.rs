@@ -28,6 +28,7 @@ fn valid() -> Vec<(S, Event, S)> {
         (S::Plugged, Event::Onlined, S::Online),
         (S::Plugged, Event::OnlineFailed, S::Plugged),
         (S::Plugged, Event::StartUnplug, S::Unplugging),
+        (S::Plugged, Event::FoundAdded, S::Bound),
         (S::Online, Event::KernelBound, S::Bound),
         (S::Online, Event::StartUnplug, S::Offlining),
         (S::Bound, Event::KernelReleased, S::Online),
@@ -61,8 +62,8 @@ fn every_pair() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8 * 19);
-    assert_eq!(valid.len(), 26);
+    assert_eq!(checked, 8 * 20);
+    assert_eq!(valid.len(), 27);
 }
 
 #[test]

@@ -126,6 +126,13 @@ impl QmpClient {
         result.map(drop).map_err(|e| command_error("qom-set", e))
     }
 
+    /// Any QMP command, e.g. for tests that drive a migration.
+    pub fn execute<C: qapi::Command>(&mut self, command: &C) -> Result<C::Ok, QmpError> {
+        let result = self.qmp.execute(command);
+        self.discard_events();
+        result.map_err(|e| command_error(C::NAME, e))
+    }
+
     /// `quit`: QEMU exits immediately (the guest gets no say).
     pub fn quit(&mut self) -> Result<(), QmpError> {
         self.qmp

@@ -792,6 +792,12 @@ impl Vm {
         }
     }
 
+    /// Runs QMP `command` (for tests that drive QEMU beyond the helpers
+    /// here, e.g. a migration).
+    pub fn qmp_execute<C: qapi::Command>(&mut self, command: &C) -> Result<C::Ok, VmError> {
+        self.with_qmp(|qmp| qmp.execute(command))
+    }
+
     /// Sets the virtio-mem device's `requested-size` (bytes) via QMP.
     pub fn set_requested_size(&mut self, bytes: u64) -> Result<(), VmError> {
         self.with_qmp(|qmp| qmp.qom_set(VMEM_QOM_PATH, "requested-size", bytes.into()))

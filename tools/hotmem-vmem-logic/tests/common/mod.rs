@@ -8,7 +8,7 @@ use hotmem_vmem_logic::partition::{Device, Event, PartState, Step};
 use hotmem_vmem_logic::wire::{BlockState, Config, Geometry, ResponseType};
 
 /// Every event that carries no device answer.
-pub const PLAIN_EVENTS: [Event; 16] = [
+pub const PLAIN_EVENTS: [Event; 17] = [
     Event::StartPlug,
     Event::PlugAcked,
     Event::PlugNacked,
@@ -16,6 +16,7 @@ pub const PLAIN_EVENTS: [Event; 16] = [
     Event::PlugError,
     Event::Onlined,
     Event::OnlineFailed,
+    Event::FoundAdded,
     Event::KernelBound,
     Event::KernelReleased,
     Event::StartUnplug,

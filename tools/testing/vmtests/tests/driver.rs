@@ -350,3 +350,199 @@ fn rust_driver_refuses_a_device_it_cannot_serve() {
     vm.exec_ok(&["rmmod", MODULE]).or_panic("rmmod");
     vm.shutdown().or_panic("shutting down");
 }
+
+/// Memory of another driver is never unplugged: the C driver `virtio_mem`
+/// plugs memory that is onlined movable and filled with data, and is
+/// unloaded (it leaves the memory added); the Rust driver then refuses the
+/// device with a clear message, QEMU's plugged size does not change, and
+/// the data reads back intact.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_never_unplugs_another_drivers_memory() {
+    const PLUGGED: u64 = 4 * PARTITION;
+    const FILL_MIB: u64 = 640;
+    const PATTERN: &str = "hotmem-pattern-0123456789abcdef";
+    let mut cfg = driver_config("rust_driver_foreign_memory", true);
+    cfg.memory = 512 * MIB;
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
+    vm.set_command_timeout(Duration::from_secs(300));
+    vm.write_file(
+        "/sys/devices/system/memory/auto_online_blocks",
+        "online_movable",
+    )
+    .or_panic("auto_online_blocks");
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    vm.set_requested_size(PLUGGED)
+        .or_panic("setting requested-size");
+    vm.wait_plugged(PLUGGED, PLUG_TIMEOUT)
+        .or_panic("virtio_mem plugging");
+    // Fill more than the boot memory holds, so that part of the data lives
+    // in the plugged memory.
+    let fill = format!(
+        "mkdir -p /mnt/fill && mount -t tmpfs -o size={FILL_MIB}M tmpfs /mnt/fill && \
+         yes {PATTERN} | head -c {bytes} > /mnt/fill/data && ls -l /mnt/fill/data",
+        bytes = FILL_MIB * MIB
+    );
+    vm.exec_ok(&["sh", "-c", &fill]).or_panic("filling memory");
+    let used_kib = meminfo(&mut vm, "MemTotal") - meminfo(&mut vm, "MemFree");
+    assert!(
+        used_kib * 1024 > cfg.memory,
+        "only {used_kib} KiB used: the data need not be in the plugged memory"
+    );
+
+    let out = vm
+        .exec(&["rmmod", "virtio_mem"])
+        .or_panic("rmmod virtio_mem");
+    assert!(out.success(), "rmmod virtio_mem: {}", out.stderr);
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    std::thread::sleep(Duration::from_secs(5));
+    let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    assert!(
+        dmesg.contains("cannot reserve the device region") && dmesg.contains("not binding"),
+        "no clear refusal in dmesg:\n{}",
+        vm.console_tail(30)
+    );
+    assert!(
+        !vm.exec(&["test", "-d", SYSFS])
+            .or_panic("test -d")
+            .success(),
+        "{SYSFS} exists for a refused device"
+    );
+    assert_eq!(
+        vm.plugged_size().or_panic("plugged size"),
+        PLUGGED,
+        "another driver's memory was unplugged\n{}",
+        vm.console_tail(30)
+    );
+    let check = format!(
+        "yes {PATTERN} | head -c {} | cmp - /mnt/fill/data",
+        FILL_MIB * MIB
+    );
+    let out = vm.exec(&["sh", "-c", &check]).or_panic("checking the data");
+    assert!(
+        out.success(),
+        "the data changed: {}{}\n{}",
+        out.stdout,
+        out.stderr,
+        vm.console_tail(30)
+    );
+    vm.exec_ok(&["rmmod", MODULE]).or_panic("rmmod");
+    vm.shutdown().or_panic("shutting down");
+}
+
+/// QEMU answers BUSY to plug and unplug requests for the whole of a
+/// migration. The driver retries with backoff, never holding its lock
+/// while it waits: sysfs stays readable throughout, and the unplug
+/// completes soon after the migration is cancelled; a plug then works.
+/// Removal during the retry returns at once.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_retries_busy_during_a_migration() {
+    use qapi::qmp;
+
+    let mut vm = Vm::boot(&driver_config("rust_driver_busy_migration", true))
+        .or_panic("booting a hotmem=on guest");
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    resize(&mut vm, 3 * PARTITION);
+
+    // An outgoing migration that cannot finish: 1 MiB/s into a sink.
+    vm.qmp_execute(&qmp::migrate_set_parameters(qmp::MigrateSetParameters {
+        max_bandwidth: Some(MIB),
+        ..Default::default()
+    }))
+    .or_panic("migrate-set-parameters");
+    vm.qmp_execute(&qmp::migrate {
+        uri: Some("exec:cat >/dev/null".into()),
+        channels: None,
+        detach: None,
+        resume: None,
+    })
+    .or_panic("migrate");
+    let status = |vm: &mut Vm| {
+        let info = vm
+            .qmp_execute(&qmp::query_migrate {})
+            .or_panic("query-migrate");
+        info.status
+    };
+    let start = Instant::now();
+    while status(&mut vm) != Some(qmp::MigrationStatus::active) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no active migration"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Shrink by two partitions: the device answers BUSY meanwhile.
+    vm.set_requested_size(PARTITION)
+        .or_panic("setting requested-size");
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(12) {
+        let t = Instant::now();
+        number(&mut vm, "plugged_bytes");
+        sysfs(&mut vm, "partitions");
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("slowest sysfs read during the migration: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "sysfs blocked for {slowest:?} while the device was busy"
+    );
+    assert_eq!(
+        status(&mut vm),
+        Some(qmp::MigrationStatus::active),
+        "the migration ended on its own"
+    );
+    assert_eq!(
+        vm.plugged_size().or_panic("plugged size"),
+        3 * PARTITION,
+        "QEMU unplugged during a migration?"
+    );
+    let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    assert!(
+        dmesg.contains("Busy"),
+        "no BUSY answer seen:\n{}",
+        vm.console_tail(20)
+    );
+
+    // Cancel: the retry gets through soon (the backoff is at about 6 s
+    // after 12 s of BUSY).
+    let cancelled = Instant::now();
+    vm.qmp_execute(&qmp::migrate_cancel {})
+        .or_panic("migrate_cancel");
+    let took = wait_plugged(&mut vm, PARTITION);
+    eprintln!(
+        "unplug completed {:?} after the cancel",
+        cancelled.elapsed()
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "unplug after cancel took {took:?}"
+    );
+    resize(&mut vm, 2 * PARTITION);
+    assert_eq!(number(&mut vm, "nr_online"), 2);
+
+    // Removal while the driver waits to retry returns at once.
+    vm.qmp_execute(&qmp::migrate {
+        uri: Some("exec:cat >/dev/null".into()),
+        channels: None,
+        detach: None,
+        resume: None,
+    })
+    .or_panic("migrate again");
+    vm.set_requested_size(0).or_panic("requesting 0");
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    vm.exec_ok(&["rmmod", MODULE]).or_panic("rmmod while busy");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "rmmod took {:?}",
+        t.elapsed()
+    );
+    vm.qmp_execute(&qmp::migrate_cancel {})
+        .or_panic("migrate_cancel");
+    vm.shutdown().or_panic("shutting down");
+}
