@@ -299,7 +299,7 @@ impl Instances {
             cmd.env("PATH", DEFAULT_PATH);
         }
         cmd.envs(args.env.iter().map(|(k, v)| (k, v)));
-        cmd.stdin(Stdio::null()).process_group(0).current_dir("/");
+        cmd.stdin(Stdio::null()).process_group(0);
         cmd
     }
 

@@ -437,7 +437,8 @@ pub fn scale_down(vm: &mut Vm, opts: &ScaleDownOptions) -> Result<ScaleDownRepor
             .map_err(|e| {
                 failed(format!(
                     "instance {} was stopped (partition {:?}), but giving its memory back \
-                     failed; retry with `hotmemctl unplug`: {e}",
+                     failed: {e}\nIf requested-size was lowered already (`hotmemctl status`), \
+                     the device may still follow; else retry with `hotmemctl unplug`",
                     instance.instance, instance.partition
                 ))
             })?;
