@@ -427,9 +427,7 @@ fn hotmem_online_refuses_sub_block_memory() {
         "online_hotmem of sub-block memory: {err}"
     );
     assert_eq!(vm.read_file(&state).or_panic("state").trim(), "offline");
-    assert!(vm
-        .console_tail(200)
-        .contains("onlines parts of a block later"));
+    assert!(vm.console_tail(200).contains("to HotMem in sub-block mode"));
     assert_eq!(
         partitions_in(&mut vm, "populating") + partitions_in(&mut vm, "free"),
         0
