@@ -38,6 +38,31 @@ fn plug(vm: &mut Vm, bytes: u64) {
     assert_eq!(vm.plugged_size().or_panic("plugged size"), bytes);
 }
 
+/// Plugs `n` partitions, onlines them with the C driver and the generic
+/// sysfs path, and checks that they are free.
+fn plug_free_partitions(vm: &mut Vm, n: u64) {
+    vm.set_command_timeout(Duration::from_secs(300));
+    vm.exec_ok(&["modprobe", "virtio_mem"])
+        .or_panic("modprobe virtio_mem");
+    plug(vm, n * PARTITION);
+    guest_tap(vm, "hotmem_online.sh", &[&n.to_string()]);
+}
+
+/// Runs in-guest test `script` on one free partition, then unplugs it and
+/// checks that it went on the fast path.
+fn one_partition_then_fast_unplug(vm: &mut Vm, script: &str) {
+    plug_free_partitions(vm, 1);
+    let report = guest_tap(vm, script, &[]);
+    eprintln!("{report}");
+    let fast_before = vmstat(vm, "hotmem_offline_fast");
+    plug(vm, 0);
+    assert_eq!(
+        vmstat(vm, "hotmem_offline_fast") - fast_before,
+        PARTITION / BLOCK
+    );
+    assert_eq!(meminfo(vm, "HotMemTotal"), 0);
+}
+
 /// Runs an in-guest TAP test; fails with its output unless every test passed.
 fn guest_tap(vm: &mut Vm, script: &str, args: &[&str]) -> String {
     let path = format!("{GUEST_TESTS}/{script}");
@@ -200,11 +225,7 @@ fn hotmem_default_state_before_hotmem_on() {
 fn hotmem_bind_route_oom_and_lifetime() {
     let mut vm = Vm::boot(&hotmem_config("hotmem_bind_route_oom_and_lifetime", true))
         .or_panic("booting a hotmem=on guest");
-    vm.set_command_timeout(Duration::from_secs(300));
-    vm.exec_ok(&["modprobe", "virtio_mem"])
-        .or_panic("modprobe virtio_mem");
-    plug(&mut vm, 2 * PARTITION);
-    guest_tap(&mut vm, "hotmem_online.sh", &["2"]);
+    plug_free_partitions(&mut vm, 2);
     let report = guest_tap(&mut vm, "hotmem_bind.sh", &[]);
     eprintln!("{report}");
 
@@ -226,14 +247,7 @@ fn hotmem_full_partition_does_not_stall_khugepaged() {
         true,
     ))
     .or_panic("booting a hotmem=on guest");
-    vm.set_command_timeout(Duration::from_secs(300));
-    vm.exec_ok(&["modprobe", "virtio_mem"])
-        .or_panic("modprobe virtio_mem");
-    plug(&mut vm, PARTITION);
-    guest_tap(&mut vm, "hotmem_online.sh", &["1"]);
-    let report = guest_tap(&mut vm, "hotmem_khugepaged.sh", &[]);
-    eprintln!("{report}");
-    plug(&mut vm, 0);
+    one_partition_then_fast_unplug(&mut vm, "hotmem_khugepaged.sh");
     vm.shutdown().or_panic("shutdown");
 }
 
@@ -256,20 +270,7 @@ fn hotmem_hwpoisoned_pages_do_not_pin_partitions() {
         vm.shutdown().or_panic("shutdown");
         return;
     }
-    vm.set_command_timeout(Duration::from_secs(300));
-    vm.exec_ok(&["modprobe", "virtio_mem"])
-        .or_panic("modprobe virtio_mem");
-    plug(&mut vm, PARTITION);
-    guest_tap(&mut vm, "hotmem_online.sh", &["1"]);
-    let report = guest_tap(&mut vm, "hotmem_hwpoison.sh", &[]);
-    eprintln!("{report}");
-    let fast_before = vmstat(&mut vm, "hotmem_offline_fast");
-    plug(&mut vm, 0);
-    assert_eq!(
-        vmstat(&mut vm, "hotmem_offline_fast") - fast_before,
-        PARTITION / BLOCK
-    );
-    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    one_partition_then_fast_unplug(&mut vm, "hotmem_hwpoison.sh");
     vm.shutdown().or_panic("shutdown");
 }
 
@@ -281,22 +282,8 @@ fn hotmem_draining_partition_slow_offline() {
         true,
     ))
     .or_panic("booting a hotmem=on guest");
-    vm.set_command_timeout(Duration::from_secs(300));
-    vm.exec_ok(&["modprobe", "virtio_mem"])
-        .or_panic("modprobe virtio_mem");
-    plug(&mut vm, PARTITION);
-    guest_tap(&mut vm, "hotmem_online.sh", &["1"]);
-    let report = guest_tap(&mut vm, "hotmem_drain.sh", &[]);
-    eprintln!("{report}");
-
-    // The pipe is gone: the partition unplugs on the fast path.
-    let fast_before = vmstat(&mut vm, "hotmem_offline_fast");
-    plug(&mut vm, 0);
-    assert_eq!(
-        vmstat(&mut vm, "hotmem_offline_fast") - fast_before,
-        PARTITION / BLOCK
-    );
-    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    // Once the pipe is gone the partition unplugs on the fast path.
+    one_partition_then_fast_unplug(&mut vm, "hotmem_drain.sh");
     vm.shutdown().or_panic("shutdown");
 }
 
