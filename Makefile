@@ -34,6 +34,7 @@ help:
 	@echo "make check      unit tests, lints and VM tests (what CI runs)"
 	@echo "make check-series  compile what each patch touches, patch by patch"
 	@echo "make demo       scale instances up/down on HotMem and vanilla guests, side by side"
+	@echo "                (a fresh private run directory under build/demo each time)"
 	@echo "make bench      the paper's experiments, HotMem vs vanilla (BENCH_FLAGS=--quick)"
 	@echo "ACCEL=kvm       use KVM instead of TCG where KVM works"
 
@@ -55,8 +56,7 @@ module: kernel
 # scripts.
 guest-programs:
 	@RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --quiet --release \
-		--target $(HOST_TRIPLE) -p hotmem-agent -p hotmem-run -p hotmem-memhog -p hotmem-splice \
-		-p hotmem-filework
+		--target $(HOST_TRIPLE) -p hotmem-agent -p hotmem-run -p hotmem-workloads
 
 hotmemctl:
 	@$(CARGO) build --quiet --release -p hotmemctl

@@ -277,7 +277,7 @@ impl Instances {
         let mut cmd = Command::new(&self.cfg.hotmem_run);
         if args.hotmem {
             match args.bind_timeout_ms {
-                Some(ms) => cmd.arg("--timeout-ms").arg(ms.max(1).to_string()),
+                Some(ms) => cmd.arg("--timeout").arg(format!("{}ms", ms.max(1))),
                 None => cmd.arg("--nonblock"),
             };
         } else {
@@ -1007,6 +1007,8 @@ exec "$@""#;
         assert!(args("b").contains(&user(&b)), "{}", args("b"));
         assert_ne!(a.uid, b.uid);
         assert_eq!((a.uid, a.gid), (Some(200_000 + 1), Some(200_000 + 1)));
+        // The bind limit in the common duration syntax.
+        assert!(args("a").contains("--timeout 100ms "), "{}", args("a"));
         assert!(!args("a").contains("--seccomp") && args("b").contains("--seccomp"));
         assert!((!a.seccomp, b.seccomp) == (true, true));
         assert!(!args("root").contains("--user"), "{}", args("root"));

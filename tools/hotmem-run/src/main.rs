@@ -1,4 +1,4 @@
-//! `hotmem-run [--nonblock | --timeout-ms MS | --no-bind] [--verbose]
+//! `hotmem-run [--nonblock | --timeout DURATION | --no-bind] [--verbose]
 //! [--cgroup DIR] [--partition-file PATH] [--user UID[:GID]] [--seccomp]
 //! -- COMMAND [ARGS...]`
 //!
@@ -22,25 +22,27 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use clap::Parser;
 use hotmem_run::privs::{self, User};
 use hotmem_run::{bind, Wait};
+use hotmem_units::parse_duration;
 
 /// Run a command bound to a HotMem partition.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
     /// Fail at once if no partition is free.
-    #[arg(long, conflicts_with = "timeout_ms")]
+    #[arg(long, conflicts_with = "timeout")]
     nonblock: bool,
     /// Do not bind: only join --cgroup and exec (the same launcher for
     /// unbound instances, e.g. on hotmem=off guests).
-    #[arg(long, conflicts_with_all = ["nonblock", "timeout_ms"])]
+    #[arg(long, conflicts_with_all = ["nonblock", "timeout"])]
     no_bind: bool,
-    /// Wait at most this long for a free partition.
-    #[arg(long, value_name = "MS")]
-    timeout_ms: Option<u64>,
+    /// Wait at most this long for a free partition (e.g. 10s, 200ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// Print the partition id to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -83,9 +85,9 @@ fn setup(args: &Args) -> Result<String, ExitCode> {
     let bound = if args.no_bind {
         "none".to_owned()
     } else {
-        let wait = match (args.nonblock, args.timeout_ms) {
+        let wait = match (args.nonblock, args.timeout) {
             (true, _) => Wait::No,
-            (false, Some(ms)) => Wait::Millis(ms),
+            (false, Some(t)) => Wait::Millis(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             (false, None) => Wait::Forever,
         };
         let id = bind(wait).map_err(fail)?;

@@ -57,3 +57,13 @@ fn no_bind_conflicts_with_binding_options() {
     let (code, stderr) = run(&["--no-bind", "--nonblock", "--", "true"]);
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+#[test]
+fn the_bind_timeout_is_a_duration() {
+    // A unit is required: a bare number is a usage error, before binding.
+    let (code, stderr) = run(&["--timeout", "200", "--", "true"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("invalid duration"), "{stderr}");
+    let (code, stderr) = run(&["--timeout", "200ms", "--no-bind", "--", "true"]);
+    assert_eq!(code, Some(2), "conflicts with --no-bind: {stderr}");
+}

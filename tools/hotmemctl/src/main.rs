@@ -1,22 +1,36 @@
 //! `hotmemctl`: boot and drive HotMem QEMU guests from the command line.
 //!
-//! One-shot: `hotmemctl demo`. Session mode keeps a guest running between
-//! commands: `up`, then `status` / `resize` / `exec`, then `down`, all
-//! pointing at the same `--dir`.
+//! One-shot: `hotmemctl demo` (the scale-up/scale-down scenario on a HotMem
+//! and a vanilla guest, `hotmem_bench::scenario`), `hotmemctl bench` (the
+//! paper's experiments), `hotmemctl plug-demo` (plug and unplug 1 GiB with
+//! the C driver, `hotmem_bench::plug_demo`). Session mode keeps a guest
+//! running between commands: `up`, then `status` / `resize` / `exec` /
+//! `scale-up` / ..., then `down`, all pointing at the same `--dir`.
+//!
+//! Durations are humantime's (`--timeout 30s`, `--wait 1m`), sizes binary
+//! (`--size 512M`). `-v` logs QMP and agent traffic on stderr (`-vv` more;
+//! `RUST_LOG` overrides). Errors and their exit codes: [`error`].
+
+mod error;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use hotmem_bench::bench::{self as benchmarks, BenchOptions};
+use hotmem_bench::plug_demo::{render_table, run_plug_demo};
+use hotmem_bench::scenario::{self, ScenarioParams};
+use hotmem_host::agent::EventCursor;
+use hotmem_host::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
+use hotmem_host::{
+    parse_duration, parse_size, Accel, AgentTransport, ExecOutput, Guest, HumanSize, MemoryDevice,
+    ShutdownMethod, Vm, VmConfig,
+};
 use hotmem_proto::EventList;
-use hotmemctl::agent::EventCursor;
-use hotmemctl::bench::BenchOptions;
-use hotmemctl::demo::{render_table, run_demo};
-use hotmemctl::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
-use hotmemctl::scenario::{self, ScenarioParams};
-use hotmemctl::{parse_size, Accel, ExecOutput, HumanSize, ShutdownMethod, Vm, VmConfig, VmError};
 use serde::Serialize;
+
+use error::CliError;
 
 /// Command-line interface.
 #[derive(Debug, Parser)]
@@ -26,9 +40,15 @@ use serde::Serialize;
     about = "Boot and drive HotMem QEMU guests"
 )]
 struct Cli {
-    /// Print machine-readable JSON on stdout (progress stays on stderr).
+    /// Print machine-readable JSON on stdout (progress stays on stderr);
+    /// errors as {"error":{"kind","message","diagnostics"}}.
     #[arg(long, global = true)]
     json: bool,
+
+    /// Log QMP and agent traffic on stderr (-vv: everything); RUST_LOG
+    /// (e.g. `hotmem_host::qmp=debug`) overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 
     #[command(subcommand)]
     command: Cmd,
@@ -59,17 +79,17 @@ enum Cmd {
         /// Wait until the plugged size equals the requested size.
         #[arg(long)]
         wait: bool,
-        /// Limit for --wait, in seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        /// Limit for --wait (e.g. 30s, 2m).
+        #[arg(long, value_parser = parse_duration, default_value = "120s")]
+        timeout: Duration,
     },
     /// Run a command in the guest; exit with its status.
     Exec {
         #[command(flatten)]
         session: SessionArgs,
-        /// Kill the command after this many seconds [default: 60].
-        #[arg(long)]
-        timeout: Option<u64>,
+        /// Kill the command after this long (e.g. 30s) [default: 60s].
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         argv: Vec<String>,
@@ -93,9 +113,9 @@ enum Cmd {
         /// Plug a partition even if one is free.
         #[arg(long)]
         force_plug: bool,
-        /// Limit for plugging and for the partition to become free, seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        /// Limit for plugging and for the partition to become free.
+        #[arg(long, value_parser = parse_duration, default_value = "120s")]
+        timeout: Duration,
         /// The function's command (after `--`).
         #[arg(last = true, required = true)]
         argv: Vec<String>,
@@ -125,12 +145,12 @@ enum Cmd {
         /// Bytes to unplug per instance in a hotmem=off (vanilla) guest.
         #[arg(long, value_parser = parse_size, default_value = "128M")]
         unit: u64,
-        /// SIGTERM grace period before SIGKILL, ms.
-        #[arg(long, default_value_t = 0)]
-        grace_ms: u64,
-        /// Limit for the unplug, seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        /// SIGTERM grace period before SIGKILL (e.g. 500ms).
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        grace: Duration,
+        /// Limit for the unplug.
+        #[arg(long, value_parser = parse_duration, default_value = "120s")]
+        timeout: Duration,
     },
     /// Unplug one partition (or --unit in a vanilla guest) without stopping
     /// an instance, e.g. a free partition left by `scale-down --keep-plugged`.
@@ -152,9 +172,9 @@ enum Cmd {
         /// Bytes to unplug in a hotmem=off (vanilla) guest.
         #[arg(long, value_parser = parse_size, default_value = "128M")]
         unit: u64,
-        /// Limit for the unplug, seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        /// Limit for the unplug.
+        #[arg(long, value_parser = parse_duration, default_value = "120s")]
+        timeout: Duration,
     },
     /// List the guest's function instances with partition and memory use.
     Instances {
@@ -165,9 +185,9 @@ enum Cmd {
     Events {
         #[command(flatten)]
         session: SessionArgs,
-        /// Wait up to this long for an event if none is queued, ms.
-        #[arg(long, default_value_t = 0)]
-        wait_ms: u64,
+        /// Wait up to this long for an event if none is queued (e.g. 10s).
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        wait: Duration,
     },
     /// Show the HotMem partitions and offline memory blocks.
     Partitions {
@@ -179,7 +199,8 @@ enum Cmd {
     Demo {
         #[command(flatten)]
         vm: VmArgs,
-        /// Run directory [default: a fresh directory under $TMPDIR].
+        /// Where the run directory is made: a fresh, private (0700) one per
+        /// run [default: $TMPDIR].
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Number of function instances.
@@ -201,9 +222,10 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         vm: VmArgs,
-        /// Base run directory of the guests.
+        /// Where the guests' run directory is made: a fresh, private (0700)
+        /// one per run [default: $TMPDIR].
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         /// Where bench.json and the plots go.
         #[arg(long, default_value = "build/bench")]
         out: PathBuf,
@@ -215,7 +237,7 @@ enum Cmd {
               value_parser = [scenario::C_DRIVER, scenario::RUST_DRIVER])]
         hotmem_driver: String,
         /// Only these experiments (comma-separated: fig5,fig6,fig7,fig9,compare).
-        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(hotmemctl::bench::EXPERIMENTS))]
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(benchmarks::EXPERIMENTS))]
         only: Vec<String>,
     },
     /// Re-print the summary of a saved bench.json and redraw its plots.
@@ -227,11 +249,13 @@ enum Cmd {
         #[arg(long, default_value = "build/bench")]
         out: PathBuf,
     },
-    /// Boot, plug and unplug 1 GiB with the vanilla driver, with timings.
+    /// Boot, plug and unplug 1 GiB with the C virtio-mem driver, with
+    /// timings.
     PlugDemo {
         #[command(flatten)]
         vm: VmArgs,
-        /// Run directory [default: a fresh directory under $TMPDIR].
+        /// Where the run directory is made: a fresh, private (0700) one per
+        /// run [default: $TMPDIR].
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -299,9 +323,9 @@ struct VmArgs {
     /// Number of NUMA nodes [default: 1].
     #[arg(long)]
     numa_nodes: Option<u32>,
-    /// Boot timeout in seconds [default: 120].
-    #[arg(long)]
-    boot_timeout: Option<u64>,
+    /// Boot timeout (e.g. 5m) [default: 120s].
+    #[arg(long, value_parser = parse_duration)]
+    boot_timeout: Option<Duration>,
 }
 
 impl VmArgs {
@@ -319,26 +343,11 @@ impl VmArgs {
         cfg.vmem_requested = self.vmem_requested.unwrap_or(cfg.vmem_requested);
         cfg.vmem_node = self.vmem_node.unwrap_or(cfg.vmem_node);
         cfg.numa_nodes = self.numa_nodes.unwrap_or(cfg.numa_nodes);
-        if let Some(secs) = self.boot_timeout {
-            cfg.boot_timeout = Duration::from_secs(secs);
+        if let Some(timeout) = self.boot_timeout {
+            cfg.boot_timeout = timeout;
         }
         cfg
     }
-}
-
-/// A failed command.
-#[derive(Debug, thiserror::Error)]
-enum CliError {
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    #[error("cannot encode JSON output: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Prints `value` as JSON, or `human(value)` as text.
@@ -355,12 +364,29 @@ fn emit<T: Serialize>(
     Ok(())
 }
 
+/// `-v`: QMP and agent traffic; `-vv`: everything at trace level;
+/// `RUST_LOG` wins over both.
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "warn,hotmem_host=debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing(cli.verbose);
     // Guests of a demo, bench or test run die with it, also on SIGTERM or
     // SIGHUP (where destructors do not run), not only on ^C.
     if let Err(e) = ctrlc::set_handler(|| {
-        hotmemctl::vm::kill_owned_guests();
+        hotmem_host::vm::kill_owned_guests();
         std::process::exit(130);
     }) {
         eprintln!("hotmemctl: warning: no signal handler, guests may outlive a killed run: {e}");
@@ -370,11 +396,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             if json {
-                let error = serde_json::json!({ "error": e.to_string() });
-                println!("{error}");
+                println!("{}", e.to_json());
             }
             eprintln!("hotmemctl: error: {e}");
-            ExitCode::FAILURE
+            e.exit_code()
         }
     }
 }
@@ -389,17 +414,12 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             size,
             wait,
             timeout,
-        } => resize(
-            &session.dir,
-            size,
-            wait.then_some(Duration::from_secs(timeout)),
-            json,
-        ),
+        } => resize(&session.dir, size, wait.then_some(timeout), json),
         Cmd::Exec {
             session,
             timeout,
             argv,
-        } => exec(&session.dir, timeout.map(Duration::from_secs), &argv, json),
+        } => exec(&session.dir, timeout, &argv, json),
         Cmd::Down { session } => down(&session.dir, json),
         Cmd::ScaleUp {
             session,
@@ -413,7 +433,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             opts.memory_limit = memory_limit;
             opts.vanilla_unit = unit;
             opts.force_plug = force_plug;
-            opts.timeout = Duration::from_secs(timeout);
+            opts.timeout = timeout;
             let mut vm = Vm::attach(&session.dir)?;
             let _lock = vm.lock(LOCK_TIMEOUT)?;
             let report = scale::scale_up(&mut vm, &opts)?;
@@ -428,7 +448,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             sysfs_value,
             keep_plugged,
             unit,
-            grace_ms,
+            grace,
             timeout,
         } => {
             let mut opts = ScaleDownOptions::new(instance);
@@ -441,8 +461,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             opts.keep_plugged = keep_plugged;
             opts.vanilla_unit = unit;
-            opts.grace = Duration::from_millis(grace_ms);
-            opts.timeout = Duration::from_secs(timeout);
+            opts.grace = grace;
+            opts.timeout = timeout;
             let mut vm = Vm::attach(&session.dir)?;
             let _lock = vm.lock(LOCK_TIMEOUT)?;
             let report = scale::scale_down(&mut vm, &opts)?;
@@ -467,13 +487,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             let mut vm = Vm::attach(&session.dir)?;
             let _lock = vm.lock(LOCK_TIMEOUT)?;
-            let report = scale::unplug(
-                &mut vm,
-                partition,
-                &trigger,
-                unit,
-                Duration::from_secs(timeout),
-            )?;
+            let report = scale::unplug(&mut vm, partition, &trigger, unit, timeout)?;
             emit(json, &report, scale::render_unplug)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -484,9 +498,9 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             emit(json, &list, scale::render_instances)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Events { session, wait_ms } => {
+        Cmd::Events { session, wait } => {
             let mut vm = Vm::attach(&session.dir)?;
-            let events = next_events(&mut vm, Duration::from_millis(wait_ms))?;
+            let events = next_events(&mut vm, wait)?;
             emit(json, &events, |e| {
                 let mut out = String::new();
                 for ev in &e.events {
@@ -540,20 +554,18 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             instance_mem,
             hotmem_driver,
         } => {
-            let dir = dir.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("hotmem-demo-{}", std::process::id()))
-            });
+            let dir = fresh_run_dir(dir, "demo")?;
             let params = ScenarioParams {
                 instances,
                 instance_mem,
                 hotmem_driver,
             };
-            scale_demo(&vm.config(&dir), params, json)
+            demo(&vm.config(&dir), params, json)
         }
         Cmd::BenchReport { report, out } => {
-            let report = hotmemctl::bench::read_report(&report)?;
-            let files = hotmemctl::bench::write_outputs(&report, &out)?;
-            emit(json, &report, hotmemctl::bench::render_summary)?;
+            let report = benchmarks::read_report(&report)?;
+            let files = benchmarks::write_outputs(&report, &out)?;
+            emit(json, &report, benchmarks::render_summary)?;
             for f in files {
                 eprintln!("wrote {}", f.display());
             }
@@ -568,7 +580,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             only,
         } => {
             let opts = BenchOptions {
-                base: vm.config(&dir),
+                base: vm.config(&fresh_run_dir(dir, "bench")?),
                 out,
                 quick,
                 only,
@@ -577,10 +589,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             bench(&opts, json)
         }
         Cmd::PlugDemo { vm, dir } => {
-            let dir = dir.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("hotmem-demo-{}", std::process::id()))
-            });
-            demo(&vm.config(&dir), json)
+            let dir = fresh_run_dir(dir, "plug-demo")?;
+            plug_demo(&vm.config(&dir), json)
         }
     }
 }
@@ -771,7 +781,27 @@ fn down(dir: &Path, json: bool) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn scale_demo(cfg: &VmConfig, params: ScenarioParams, json: bool) -> Result<ExitCode, CliError> {
+/// Makes a new run directory `hotmem-<what>-<time>-<pid>` under `parent`
+/// (default `$TMPDIR`), private to this user (mode 0700); an existing one is
+/// never reused, so no other user can plant sockets or logs in it.
+fn fresh_run_dir(parent: Option<PathBuf>, what: &str) -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = parent.unwrap_or_else(std::env::temp_dir);
+    let io = |what: String| move |source| CliError::Io { what, source };
+    std::fs::create_dir_all(&parent).map_err(io(format!("creating {}", parent.display())))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = parent.join(format!("hotmem-{what}-{stamp}-{}", std::process::id()));
+    // `create`, not `create_dir_all`: fails if it exists.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(format!("creating {}", dir.display())))?;
+    Ok(dir)
+}
+
+fn demo(cfg: &VmConfig, params: ScenarioParams, json: bool) -> Result<ExitCode, CliError> {
     eprintln!("run dir: {}", cfg.run_dir.display());
     let started = Instant::now();
     let report = scenario::run_side_by_side(cfg, params, &mut |msg| {
@@ -789,20 +819,21 @@ fn bench(opts: &BenchOptions, json: bool) -> Result<ExitCode, CliError> {
         eprintln!("note: guests run under TCG (software emulation); compare the ratios");
     }
     let started = Instant::now();
-    let report = hotmemctl::bench::run_bench(opts, &mut |msg| {
+    eprintln!("run dir: {}", opts.base.run_dir.display());
+    let report = benchmarks::run_bench(opts, &mut |msg| {
         eprintln!("[{:6.1} s] {msg}", started.elapsed().as_secs_f64());
     })?;
-    let files = hotmemctl::bench::write_outputs(&report, &opts.out)?;
-    emit(json, &report, hotmemctl::bench::render_summary)?;
+    let files = benchmarks::write_outputs(&report, &opts.out)?;
+    emit(json, &report, benchmarks::render_summary)?;
     for f in files {
         eprintln!("wrote {}", f.display());
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(cfg: &VmConfig, json: bool) -> Result<ExitCode, CliError> {
+fn plug_demo(cfg: &VmConfig, json: bool) -> Result<ExitCode, CliError> {
     eprintln!("run dir: {}", cfg.run_dir.display());
-    let report = run_demo(cfg, &mut |msg| eprintln!("{msg}"))?;
+    let report = run_plug_demo(cfg, &mut |msg| eprintln!("{msg}"))?;
     emit(json, &report, render_table)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -911,6 +942,79 @@ mod tests {
         assert_eq!((instance, trigger), (3, TriggerArg::Sysfs));
         assert_eq!(sysfs_trigger, "/sys/x/{partition}");
         assert!(Cli::try_parse_from(["hotmemctl", "scale-down", "--dir", "d"]).is_err());
+    }
+
+    #[test]
+    fn durations_are_humantime_everywhere() {
+        let cli = Cli::try_parse_from([
+            "hotmemctl",
+            "resize",
+            "--dir",
+            "d",
+            "--size",
+            "1G",
+            "--wait",
+            "--timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        let Cmd::Resize { timeout, .. } = cli.command else {
+            panic!("not resize");
+        };
+        assert_eq!(timeout, Duration::from_secs(90));
+        let cli = Cli::try_parse_from([
+            "hotmemctl",
+            "-v",
+            "scale-down",
+            "--dir",
+            "d",
+            "--instance",
+            "1",
+            "--grace",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(cli.verbose, 1);
+        let Cmd::ScaleDown { grace, timeout, .. } = cli.command else {
+            panic!("not scale-down");
+        };
+        assert_eq!(
+            (grace, timeout),
+            (Duration::from_millis(250), Duration::from_secs(120))
+        );
+        // A bare number is ambiguous and refused.
+        for argv in [
+            &[
+                "hotmemctl",
+                "exec",
+                "--dir",
+                "d",
+                "--timeout",
+                "30",
+                "--",
+                "true",
+            ][..],
+            &["hotmemctl", "events", "--dir", "d", "--wait", "10"][..],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn run_dirs_are_fresh_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = std::env::temp_dir().join(format!("hotmemctl-test-{}", std::process::id()));
+        let a = fresh_run_dir(Some(parent.clone()), "demo").unwrap();
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(a.starts_with(&parent));
+        // A second run never gets the first one's directory: within the
+        // same second the name repeats and is refused, later it differs.
+        match fresh_run_dir(Some(parent.clone()), "demo") {
+            Ok(b) => assert_ne!(a, b),
+            Err(e) => assert!(e.to_string().contains("exists"), "{e}"),
+        }
+        std::fs::remove_dir_all(&parent).unwrap();
     }
 
     #[test]

@@ -45,7 +45,7 @@ settle
 ok $? "the partition is free again after exit"
 
 allocs=$(vmstat hotmem_alloc)
-hotmem-run -- hotmem-memhog --size 64M --hold-ms 10000 >/tmp/hog.out 2>&1 &
+hotmem-run -- hotmem-memhog --size 64M --hold 10s >/tmp/hog.out 2>&1 &
 hog=$!
 wait_for used_at_least 16384
 ok $? "64 MiB of bound anonymous memory is in the partition"
@@ -65,7 +65,7 @@ ok $? "exit leaves no used page behind"
 
 # fork + exec: sh is exec'd bound, memhog is its child, memhog forks again.
 allocs=$(vmstat hotmem_alloc)
-hotmem-run -- sh -c 'hotmem-memhog --size 16M --fork --hold-ms 3000; true' >/dev/null 2>&1 &
+hotmem-run -- sh -c 'hotmem-memhog --size 16M --fork --hold 3s; true' >/dev/null 2>&1 &
 bound_users() { cat $(grep -l bound $H/partitions/part*/state | sed 's/state$/users/') 2>/dev/null; }
 two_users() { [ "$(bound_users)" -ge 2 ] 2>/dev/null; }
 wait_for two_users
@@ -78,7 +78,7 @@ ok $? "the partition is freed with the last process"
 
 # THP: PMD-size folios come from the partition too.
 thp_before=$(vmstat thp_fault_alloc)
-hotmem-run -- hotmem-memhog --size 64M --thp --hold-ms 10000 >/dev/null 2>&1 &
+hotmem-run -- hotmem-memhog --size 64M --thp --hold 10s >/dev/null 2>&1 &
 hog=$!
 thp_seen() { [ "$(vmstat thp_fault_alloc)" -gt "$thp_before" ]; }
 wait_for thp_seen
@@ -120,9 +120,9 @@ while [ $i -lt "$n" ]; do
 done
 all_bound() { [ "$(nbound)" = "$n" ]; }
 wait_for all_bound
-hotmem-run --timeout-ms 200 -- true 2>/dev/null
+hotmem-run --timeout 200ms -- true 2>/dev/null
 check_eq "with every partition bound, a 200 ms bind times out" 125 "$?"
-hotmem-run --timeout-ms 4294967297 -- true >/dev/null 2>&1 &
+hotmem-run --timeout 4294967297ms -- true >/dev/null 2>&1 &
 long=$!
 sleep 1
 check "a bind timeout of 2^32 + 1 ms is still waiting after 1 s" kill -0 $long
@@ -134,7 +134,7 @@ ok $? "the long-timeout binder got a partition once one was free, and exited"
 n=$(cat $H/nr_partitions)
 i=0
 while [ $i -lt "$n" ]; do
-	hotmem-run -- hotmem-memhog --size $((psize / 1048576 - 32))M --fill 165 --hold-ms 1500 >/dev/null 2>&1 &
+	hotmem-run -- hotmem-memhog --size $((psize / 1048576 - 32))M --fill 165 --hold 1500ms >/dev/null 2>&1 &
 	i=$((i + 1))
 done
 sleep 1

@@ -32,13 +32,13 @@ echo 10 >$K/scan_sleep_millisecs
 psize_mb=$(($(cat $H/partition_size) / 1048576))
 failed=$(vmstat thp_collapse_alloc_failed)
 # The tenant: its partition full but for 1 MiB, all of it in small pages.
-hotmem-run -- hotmem-memhog --size $((psize_mb - 1))M --collapse --hold-ms 120000 >/dev/null 2>&1 &
+hotmem-run -- hotmem-memhog --size $((psize_mb - 1))M --collapse --hold 2m >/dev/null 2>&1 &
 tenant=$!
 wait_for 60 increased thp_collapse_alloc_failed "$failed"
 ok $? "khugepaged found no huge page in the full partition"
 
 collapsed=$(vmstat thp_collapse_alloc)
-hotmem-memhog --size 16M --collapse --hold-ms 120000 >/dev/null 2>&1 &
+hotmem-memhog --size 16M --collapse --hold 2m >/dev/null 2>&1 &
 other=$!
 wait_for 20 increased thp_collapse_alloc "$collapsed"
 ok $? "an unbound process is collapsed meanwhile: khugepaged did not stall"

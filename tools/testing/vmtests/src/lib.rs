@@ -21,7 +21,8 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
-use hotmemctl::{Accel, Vm, VmConfig, VmError};
+use hotmem_host::AgentTransport as _;
+use hotmem_host::{Accel, Vm, VmConfig, VmError};
 
 /// Root of the Cargo workspace (three levels above this package).
 pub fn workspace_root() -> PathBuf {

@@ -7,13 +7,14 @@
 
 use std::time::{Duration, Instant};
 
+use hotmem_host::agent::AgentError;
+use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
+use hotmem_host::{Vm, VmConfig, VmErrorKind};
 use hotmem_proto::{
     ErrorKind, EventList, EventsArgs, Instance, InstanceEventKind, InstanceList, InstanceState, Op,
     PartitionState, PartitionsResult, StartInstanceArgs, StopInstanceArgs, WaitFreePartitionsArgs,
 };
 use hotmem_vmtests::{config, OrPanic};
-use hotmemctl::agent::AgentError;
-use hotmemctl::{Vm, VmConfig, VmErrorKind};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 128 * MIB;
@@ -25,7 +26,7 @@ fn hotmem_config(name: &str) -> VmConfig {
     cfg
 }
 
-fn start(vm: &mut Vm, argv: &[&str], limit: Option<u64>) -> Result<Instance, hotmemctl::VmError> {
+fn start(vm: &mut Vm, argv: &[&str], limit: Option<u64>) -> Result<Instance, hotmem_host::VmError> {
     vm.agent_call(
         Op::StartInstance(StartInstanceArgs {
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -59,7 +60,7 @@ fn partitions(vm: &mut Vm) -> PartitionsResult {
 }
 
 /// The agent error kind of a failed call.
-fn remote_kind(err: &hotmemctl::VmError) -> ErrorKind {
+fn remote_kind(err: &hotmem_host::VmError) -> ErrorKind {
     match err.kind() {
         VmErrorKind::Agent(AgentError::Remote { error, .. }) => error.kind,
         other => panic!("expected an agent error, got {other}"),
@@ -152,13 +153,13 @@ fn agent_instances_start_list_stop_events() {
     // Two instances, each bound to its own partition.
     let a = start(
         &mut vm,
-        &["hotmem-memhog", "--size", "48M", "--hold-ms", "600000"],
+        &["hotmem-memhog", "--size", "48M", "--hold", "10m"],
         Some(128 * MIB),
     )
     .or_panic("start memhog");
     let b = start(
         &mut vm,
-        &["hotmem-filework", "--anon", "16M", "--hold-ms", "600000"],
+        &["hotmem-filework", "--anon", "16M", "--hold", "10m"],
         Some(128 * MIB),
     )
     .or_panic("start filework");
@@ -196,7 +197,7 @@ fn agent_instances_start_list_stop_events() {
     // An instance over its memory limit is OOM-killed, and says so.
     let c = start(
         &mut vm,
-        &["hotmem-memhog", "--size", "100M", "--hold-ms", "600000"],
+        &["hotmem-memhog", "--size", "100M", "--hold", "10m"],
         Some(48 * MIB),
     )
     .or_panic("start an instance over its limit");
@@ -249,7 +250,7 @@ fn agent_instances_start_list_stop_events() {
     // partition-scoped OOM kill, reported the same way.
     let d = start(
         &mut vm,
-        &["hotmem-memhog", "--size", "200M", "--hold-ms", "600000"],
+        &["hotmem-memhog", "--size", "200M", "--hold", "10m"],
         None,
     )
     .or_panic("start an instance bigger than its partition");

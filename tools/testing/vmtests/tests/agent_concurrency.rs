@@ -9,14 +9,15 @@
 
 use std::time::{Duration, Instant};
 
+use hotmem_host::agent::{AgentError, EventCursor};
+use hotmem_host::{AgentTransport as _, Guest as _};
+use hotmem_host::{Vm, VmErrorKind};
 use hotmem_proto::{
     ErrorKind, EventList, EventsArgs, ExecArgs, ExecResult, Instance, InstanceEventKind,
     InstanceList, Op, PartitionsResult, ReadFileArgs, ReadFileResult, StartInstanceArgs,
     StopInstanceArgs,
 };
 use hotmem_vmtests::{config, OrPanic};
-use hotmemctl::agent::{AgentError, EventCursor};
-use hotmemctl::{Vm, VmErrorKind};
 
 fn exec_args(script: &str, timeout_ms: u64) -> Op {
     Op::Exec(ExecArgs {

@@ -8,8 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
+use hotmem_host::{Vm, VmConfig};
 use hotmem_vmtests::{config, meminfo, vmstat, OrPanic};
-use hotmemctl::{Vm, VmConfig};
 
 const MIB: u64 = 1 << 20;
 const PARTITION: u64 = 128 * MIB;
@@ -104,7 +105,7 @@ fn wait_plugged(vm: &mut Vm, bytes: u64) -> Duration {
 fn start_bound(vm: &mut Vm, tag: &str) -> u64 {
     let file = format!("/tmp/{tag}.partition");
     let script = format!(
-        "hotmem-run --partition-file {file} -- hotmem-memhog --size 32M --hold-ms 3600000 \
+        "hotmem-run --partition-file {file} -- hotmem-memhog --size 32M --hold 1h \
          >/tmp/{tag}.log 2>&1 &"
     );
     vm.exec_ok(&["sh", "-c", &script])

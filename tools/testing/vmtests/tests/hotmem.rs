@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
+use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
+use hotmem_host::{Vm, VmConfig};
 use hotmem_vmtests::{config, has_or_skip, meminfo, vmstat, OrPanic};
-use hotmemctl::{Vm, VmConfig};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

@@ -12,12 +12,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use hotmem_host::Vm;
+use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
 use hotmem_proto::{
     Instance, Op, PartitionsResult, StartInstanceArgs, StopInstanceArgs, WaitFreePartitionsArgs,
     INSTANCE_UID_BASE,
 };
 use hotmem_vmtests::{config, OrPanic};
-use hotmemctl::Vm;
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 128 * MIB;

@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
+use hotmem_host::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
+use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
+use hotmem_host::{Vm, VmConfig};
 use hotmem_vmtests::{config, vmstat, OrPanic};
-use hotmemctl::scale::{self, ScaleDownOptions, ScaleUpOptions, Trigger};
-use hotmemctl::{Vm, VmConfig};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 128 * MIB;
@@ -37,7 +38,7 @@ fn guest(name: &str, hotmem: bool) -> Vm {
 
 fn memhog(size: &str) -> ScaleUpOptions {
     let mut opts = ScaleUpOptions::new(
-        ["hotmem-memhog", "--size", size, "--hold-ms", "600000"]
+        ["hotmem-memhog", "--size", size, "--hold", "10m"]
             .map(str::to_owned)
             .to_vec(),
     );

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use hotmem_host::Vm;
+use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
+use hotmem_host::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
 use hotmem_vmtests::{boot, config, OrPanic};
-use hotmemctl::demo::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
-use hotmemctl::Vm;
 
 const GIB: u64 = 1 << 30;
 const GIB_KIB: u64 = GIB / 1024;

@@ -97,12 +97,12 @@ impl QmpClient {
 
     /// `qom-get path property`.
     pub fn qom_get(&mut self, path: &str, property: &str) -> Result<Value, QmpError> {
-        let result = self.qmp.execute(&qom_get {
+        let value = self.execute(&qom_get {
             path: path.to_owned(),
             property: property.to_owned(),
-        });
-        self.discard_events();
-        result.map_err(|e| command_error("qom-get", e))
+        })?;
+        tracing::debug!(target: "hotmem_host::qmp", "<- {value}");
+        Ok(value)
     }
 
     /// `qom-get` of an integer property.
@@ -117,24 +117,29 @@ impl QmpClient {
 
     /// `qom-set path property value`.
     pub fn qom_set(&mut self, path: &str, property: &str, value: Value) -> Result<(), QmpError> {
-        let result = self.qmp.execute(&qom_set {
+        self.execute(&qom_set {
             path: path.to_owned(),
             property: property.to_owned(),
             value,
-        });
-        self.discard_events();
-        result.map(drop).map_err(|e| command_error("qom-set", e))
+        })
+        .map(drop)
     }
 
     /// Any QMP command, e.g. for tests that drive a migration.
     pub fn execute<C: qapi::Command>(&mut self, command: &C) -> Result<C::Ok, QmpError> {
+        trace_command(command);
         let result = self.qmp.execute(command);
         self.discard_events();
-        result.map_err(|e| command_error(C::NAME, e))
+        result.map_err(|e| {
+            let e = command_error(C::NAME, e);
+            tracing::debug!(target: "hotmem_host::qmp", "<- {e}");
+            e
+        })
     }
 
     /// `quit`: QEMU exits immediately (the guest gets no say).
     pub fn quit(&mut self) -> Result<(), QmpError> {
+        trace_command(&quit {});
         self.qmp
             .execute(&quit {})
             .map(drop)
@@ -145,6 +150,14 @@ impl QmpClient {
     /// the queue would otherwise grow for the life of the connection.
     fn discard_events(&mut self) {
         self.qmp.events().for_each(drop);
+    }
+}
+
+/// Logs a command about to be sent (`-v` / `RUST_LOG=hotmem_host::qmp=debug`).
+fn trace_command<C: qapi::Command>(command: &C) {
+    if tracing::enabled!(target: "hotmem_host::qmp", tracing::Level::DEBUG) {
+        let args = serde_json::to_string(command).unwrap_or_default();
+        tracing::debug!(target: "hotmem_host::qmp", "-> {} {args}", C::NAME);
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::size::qemu_size;
+use hotmem_units::qemu_size;
 
 /// QOM path of the virtio-mem device (`-device virtio-mem-pci,id=vm0`).
 pub const VMEM_QOM_PATH: &str = "/machine/peripheral/vm0";

@@ -1,20 +1,19 @@
-//! `hotmemctl demo`: plug and unplug 1 GiB with the vanilla C virtio-mem
-//! driver, timing each step.
+//! `hotmemctl plug-demo`: plug and unplug 1 GiB with the C virtio-mem
+//! driver (no HotMem), timing each step. (`hotmemctl demo` is the
+//! scale-up/scale-down scenario, [`crate::scenario`].)
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::{Serialize, Serializer};
 
-use crate::config::{Accel, VmConfig};
-use crate::size::HumanSize;
-use crate::vm::{ShutdownMethod, Vm, VmError};
+use hotmem_host::HumanSize;
+use hotmem_host::{Accel, VmConfig};
+use hotmem_host::{
+    AgentTransport, Guest, MemoryDevice, ShutdownMethod, Vm, VmError, AUTO_ONLINE_BLOCKS,
+    AUTO_ONLINE_POLICY,
+};
 
-/// Sysfs policy for onlining hot-added memory. Without udev nothing onlines
-/// it, so we ask the kernel to; `online_movable` keeps it unpluggable.
-pub const AUTO_ONLINE_BLOCKS: &str = "/sys/devices/system/memory/auto_online_blocks";
-/// The policy the demo and the VM tests use.
-pub const AUTO_ONLINE_POLICY: &str = "online_movable";
 /// How much memory the demo plugs.
 pub const DEMO_PLUG_BYTES: u64 = 1 << 30;
 /// Limit for the device to reach a requested size.
@@ -99,7 +98,10 @@ impl Recorder<'_> {
 
 /// Boots a guest, loads `virtio_mem`, plugs and unplugs [`DEMO_PLUG_BYTES`],
 /// and shuts down. `progress` receives a line per step as it starts.
-pub fn run_demo(cfg: &VmConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, VmError> {
+pub fn run_plug_demo(
+    cfg: &VmConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DemoReport, VmError> {
     let mut rec = Recorder {
         steps: Vec::new(),
         progress,
@@ -119,7 +121,7 @@ pub fn run_demo(cfg: &VmConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRe
     vm.write_file(AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY)?;
     rec.end("auto-online policy", AUTO_ONLINE_POLICY.to_owned());
 
-    rec.begin("loading the vanilla driver (modprobe virtio_mem)...");
+    rec.begin("loading the C driver (modprobe virtio_mem)...");
     let out = vm.exec_ok(&["modprobe", "virtio_mem"])?;
     let guest_ms = out.duration_us as f64 / 1000.0;
     rec.end(
@@ -143,7 +145,10 @@ pub fn run_demo(cfg: &VmConfig, progress: &mut dyn FnMut(&str)) -> Result<DemoRe
 }
 
 /// The plug/unplug cycle, with MemTotal checks.
-fn plug_unplug(vm: &mut Vm, rec: &mut Recorder<'_>) -> Result<MemTotals, VmError> {
+fn plug_unplug<G: MemoryDevice + AgentTransport + ?Sized>(
+    vm: &mut G,
+    rec: &mut Recorder<'_>,
+) -> Result<MemTotals, VmError> {
     let plug_kib = DEMO_PLUG_BYTES / 1024;
     let before_kib = mem_total(vm)?;
 
@@ -177,7 +182,7 @@ fn plug_unplug(vm: &mut Vm, rec: &mut Recorder<'_>) -> Result<MemTotals, VmError
     })
 }
 
-fn mem_total(vm: &mut Vm) -> Result<u64, VmError> {
+fn mem_total<G: AgentTransport + ?Sized>(vm: &mut G) -> Result<u64, VmError> {
     let info = vm.meminfo()?;
     // Every Linux /proc/meminfo has MemTotal; 0 makes the later waits fail
     // with a clear timeout rather than inventing a new error path.

@@ -26,12 +26,12 @@ use hotmem_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Accel, VmConfig};
-use crate::demo::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
 use crate::plot::{self, Series};
-use crate::scale::{self, Trigger};
 use crate::scenario::{memhog_argv, ratio, wait_touched, write_json, Mode};
-use crate::vm::{Vm, VmError, VmErrorKind};
+use hotmem_host::scale::{self, Trigger};
+use hotmem_host::{Accel, VmConfig};
+use hotmem_host::{AgentTransport, Guest as _, MemoryDevice, Vm, VmError, VmErrorKind};
+use hotmem_host::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 128 * MIB;
@@ -415,7 +415,7 @@ fn use_points(
 }
 
 /// Waits until each running memhog has touched what it was asked to.
-fn wait_all_touched(vm: &mut Vm) -> Result<(), VmError> {
+fn wait_all_touched<G: AgentTransport + ?Sized>(vm: &mut G) -> Result<(), VmError> {
     let start = Instant::now();
     loop {
         let list = scale::list_instances(vm)?;
@@ -425,7 +425,7 @@ fn wait_all_touched(vm: &mut Vm) -> Result<(), VmError> {
                 .iter()
                 .position(|a| a == "--size")
                 .and_then(|p| i.argv.get(p + 1))
-                .and_then(|s| crate::size::parse_size(s).ok())
+                .and_then(|s| hotmem_host::parse_size(s).ok())
                 .unwrap_or(0);
             i.rss.unwrap_or(0) < asked / 10 * 9
         });
@@ -475,7 +475,7 @@ fn colocated(opts: &BenchOptions, mode: Mode, part: u64) -> Result<Colocated, Vm
     let colo = g.memhog(
         64 * MIB,
         true,
-        &["--request-interval-ms", "4", "--request-bytes", "256K"],
+        &["--request-interval", "4ms", "--request-bytes", "256K"],
     )?;
     wait_all_touched(&mut g.vm)?;
     thread::sleep(Duration::from_millis(1500));

@@ -1,14 +1,20 @@
 //! The scale-up / scale-down scenario behind `make demo`, run once on a
 //! HotMem guest and once on a vanilla virtio-mem guest, side by side.
 //!
-//! Per guest: boot, load the C virtio-mem driver (big-block mode, 128 MiB
-//! device blocks), scale up `instances` memhog instances one after the
-//! other (each plugs one unit and starts), wait until every instance has
-//! touched its memory, then scale them down one by one (stop + unplug one
-//! unit over QMP). HotMem guests (`hotmem=on`) online the plugged blocks
-//! into HotMem and bind each instance to a partition; vanilla guests
-//! (`hotmem=off`) online them to ZONE_MOVABLE and start instances unbound,
-//! so the unplug has to migrate the other instances' pages.
+//! Per guest: boot (128 MiB device blocks = one memory block = one
+//! partition), load the virtio-mem driver — the Rust HotMem driver
+//! (`hotmem_virtio_mem`, which plugs and onlines whole partitions itself)
+//! in the HotMem guest by default, the C driver (`virtio_mem`) in the
+//! vanilla one — scale up `instances` memhog instances one after the other
+//! (each plugs one unit and starts), wait until every instance has touched
+//! its memory, then scale them down one by one (stop + unplug one unit over
+//! QMP). HotMem guests (`hotmem=on`) bind each instance to a partition;
+//! vanilla guests (`hotmem=off`) online the plugged blocks to ZONE_MOVABLE
+//! and start instances unbound, so the unplug has to migrate the other
+//! instances' pages.
+//!
+//! Everything after the boot goes through [`hotmem_host::Guest`] (the
+//! device and agent traits), not QEMU.
 
 use std::path::Path;
 use std::thread;
@@ -16,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{Accel, VmConfig};
-use crate::demo::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
-use crate::scale::{self, ScaleDownOptions, ScaleUpOptions};
-use crate::size::HumanSize;
-use crate::vm::{Vm, VmError, VmErrorKind};
+use hotmem_host::scale::{self, ScaleDownOptions, ScaleUpOptions};
+use hotmem_host::HumanSize;
+use hotmem_host::{Accel, VmConfig};
+use hotmem_host::{AgentTransport, Guest, Vm, VmError, VmErrorKind};
+use hotmem_host::{AUTO_ONLINE_BLOCKS, AUTO_ONLINE_POLICY};
 
 const MIB: u64 = 1 << 20;
 /// Device block size = memory block = partition: big-block mode.
@@ -55,9 +61,12 @@ impl Mode {
     }
 }
 
-/// The C virtio-mem driver (vanilla guests, and HotMem guests by default).
+/// The C virtio-mem driver (vanilla guests; HotMem guests with
+/// `--hotmem-driver virtio_mem`, where the agent onlines its blocks into
+/// HotMem).
 pub const C_DRIVER: &str = "virtio_mem";
-/// The Rust HotMem virtio-mem driver, which onlines partitions itself.
+/// The Rust HotMem virtio-mem driver, which plugs and onlines whole
+/// partitions itself: the default for HotMem guests.
 pub const RUST_DRIVER: &str = "hotmem_virtio_mem";
 
 /// Boots a guest of `mode` in `base.run_dir/<mode>` with `vmem_size` of
@@ -180,7 +189,10 @@ pub struct ScenarioParams {
 }
 
 /// Polls until every running instance has at least `bytes` resident.
-pub fn wait_touched(vm: &mut Vm, bytes: u64) -> Result<Duration, VmError> {
+pub fn wait_touched<G: AgentTransport + ?Sized>(
+    vm: &mut G,
+    bytes: u64,
+) -> Result<Duration, VmError> {
     let start = Instant::now();
     loop {
         let list = scale::list_instances(vm)?;
@@ -215,8 +227,8 @@ pub fn memhog_argv(bytes: u64) -> Vec<String> {
         "hotmem-memhog".into(),
         "--size".into(),
         format!("{}K", bytes / 1024),
-        "--hold-ms".into(),
-        "86400000".into(),
+        "--hold".into(),
+        "24h".into(),
     ]
 }
 
@@ -244,6 +256,27 @@ pub fn run_scenario(
         .boot_hello()
         .map(|h| h.kernel_release.clone())
         .unwrap_or_default();
+    let (rows, touch_ms) = scale_steps(&mut vm, mode, params, progress)?;
+    progress(&format!("[{}] shutting down...", mode.label()));
+    vm.shutdown()?;
+    Ok(ScenarioReport {
+        mode,
+        kernel_release,
+        boot_ms,
+        touch_ms,
+        rows,
+    })
+}
+
+/// The scale-ups, the wait for the instances to touch their memory, and
+/// the scale-downs, on any [`Guest`]; returns the rows and the touch time
+/// (ms).
+pub fn scale_steps<G: Guest + ?Sized>(
+    vm: &mut G,
+    mode: Mode,
+    params: &ScenarioParams,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<StepRow>, f64), VmError> {
     let mut rows = Vec::new();
     let mut ids = Vec::new();
     for i in 0..params.instances {
@@ -257,7 +290,7 @@ pub fn run_scenario(
         let mut opts = ScaleUpOptions::new(memhog_argv(params.instance_mem));
         opts.memory_limit = Some(UNIT);
         opts.vanilla_unit = UNIT;
-        let r = scale::scale_up(&mut vm, &opts)?;
+        let r = scale::scale_up(vm, &opts)?;
         ids.push(r.instance.instance);
         rows.push(StepRow {
             step: "scale-up",
@@ -277,7 +310,7 @@ pub fn run_scenario(
         "[{}] waiting for the instances to touch their memory...",
         mode.label()
     ));
-    let touch_ms = wait_touched(&mut vm, params.instance_mem * 9 / 10)?.as_secs_f64() * 1000.0;
+    let touch_ms = wait_touched(vm, params.instance_mem * 9 / 10)?.as_secs_f64() * 1000.0;
     for (n, id) in ids.iter().enumerate() {
         progress(&format!(
             "[{}] scale-down {}/{}: instance {id}",
@@ -287,7 +320,7 @@ pub fn run_scenario(
         ));
         let mut opts = ScaleDownOptions::new(*id);
         opts.vanilla_unit = UNIT;
-        let r = scale::scale_down(&mut vm, &opts)?;
+        let r = scale::scale_down(vm, &opts)?;
         rows.push(StepRow {
             step: "scale-down",
             instance: *id,
@@ -302,15 +335,7 @@ pub fn run_scenario(
             hotmem_free_kib: r.memory.hotmem_free_kib,
         });
     }
-    progress(&format!("[{}] shutting down...", mode.label()));
-    vm.shutdown()?;
-    Ok(ScenarioReport {
-        mode,
-        kernel_release,
-        boot_ms,
-        touch_ms,
-        rows,
-    })
+    Ok((rows, touch_ms))
 }
 
 /// The demo: the scenario on both kinds of guest.

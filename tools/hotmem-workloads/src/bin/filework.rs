@@ -1,5 +1,5 @@
 //! `hotmem-filework --file PATH --file-size 32M --anon 16M [--rounds N]
-//! [--hold-ms MS]`
+//! [--hold DURATION]`
 //!
 //! A function instance that exercises the file-backed and fork paths:
 //!
@@ -10,7 +10,7 @@
 //!    copies of file pages: private anonymous memory, from the partition);
 //! 3. forks a child that maps and touches `--anon` bytes of anonymous memory
 //!    (the child inherits the parent's partition) and exits;
-//! 4. holds everything for `--hold-ms`.
+//! 4. holds everything for `--hold` (e.g. `10s`).
 //!
 //! Prints one `key=value` summary line.
 
@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use hotmem_units::{parse_duration, parse_size_nonzero};
 
 const PAGE: usize = 4096;
 
@@ -33,17 +34,17 @@ struct Args {
     #[arg(long, default_value = "/tmp/hotmem-filework.dat")]
     file: PathBuf,
     /// Size of the data file.
-    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    #[arg(long, value_parser = parse_size_nonzero, default_value = "16M")]
     file_size: usize,
     /// Anonymous memory the forked child touches.
-    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    #[arg(long, value_parser = parse_size_nonzero, default_value = "16M")]
     anon: usize,
     /// How many times to read the whole file.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
-    /// Keep everything this long before exiting.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    hold_ms: u64,
+    /// Keep everything this long before exiting (e.g. 10s).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    hold: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,23 +59,6 @@ enum Error {
     },
     #[error("the child failed (wait status {0:#x})")]
     Child(i32),
-}
-
-fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let shift = match suffix.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        other => return Err(format!("unknown size suffix {other:?}")),
-    };
-    let n: usize = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
-    n.checked_mul(1usize << shift)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| format!("bad size {s:?}"))
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -228,7 +212,7 @@ fn run(args: &Args) -> Result<String, Error> {
     private.touch(7);
     fork_child(args.anon)?;
     let took = start.elapsed();
-    std::thread::sleep(Duration::from_millis(args.hold_ms));
+    std::thread::sleep(args.hold);
     drop(private);
     Ok(format!(
         "filework: file_size={} rounds={} anon={} checksum={sum} work_ms={}",
@@ -258,11 +242,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("16M"), Ok(16 << 20));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("3T").is_err());
+    fn sizes_and_durations_take_the_common_syntax() {
+        let argv = [
+            "filework", "--file", "f", "--anon", "2MiB", "--hold", "250ms",
+        ];
+        let args = Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (args.anon, args.hold),
+            (2 << 20, Duration::from_millis(250))
+        );
+        assert!(Args::try_parse_from(["filework", "--file", "f", "--anon", "0"]).is_err());
+        assert!(Args::try_parse_from(["filework", "--file", "f", "--hold", "250"]).is_err());
     }
 
     #[test]

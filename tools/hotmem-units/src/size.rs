@@ -42,6 +42,18 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
         .ok_or_else(|| err("size too large"))
 }
 
+/// Parses a non-zero size of local memory (a mapping's length), in bytes.
+pub fn parse_size_nonzero(input: &str) -> Result<usize, SizeError> {
+    let err = |reason| SizeError {
+        input: input.to_owned(),
+        reason,
+    };
+    match parse_size(input)? {
+        0 => Err(err("must not be zero")),
+        n => usize::try_from(n).map_err(|_| err("size too large")),
+    }
+}
+
 /// The multiplier of a unit suffix (`""`, `B`, `K`, `KB`, `KiB`, ...).
 fn unit_multiplier(unit: &str) -> Option<u64> {
     let upper = unit.to_ascii_uppercase();
@@ -128,6 +140,16 @@ mod tests {
             parse_size("20000000T").unwrap_err().reason,
             "size too large"
         );
+    }
+
+    #[test]
+    fn local_sizes_are_not_zero() {
+        assert_eq!(parse_size_nonzero("64M"), Ok(64 << 20));
+        assert_eq!(
+            parse_size_nonzero("0").unwrap_err().reason,
+            "must not be zero"
+        );
+        assert!(parse_size_nonzero("12X").is_err());
     }
 
     #[test]

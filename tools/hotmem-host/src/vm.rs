@@ -1,6 +1,5 @@
 //! Booting, attaching to and driving a QEMU guest.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
@@ -11,18 +10,19 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hotmem_proto::{ExecArgs, HelloResult};
+use hotmem_proto::{Empty, HelloResult, Op};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::agent::{AgentCheck, AgentClient, AgentError, EventCursor, Pending};
+use crate::agent::{AgentCheck, AgentClient, AgentError, Pending};
 use crate::config::{
     shell_quote, ConfigError, RunDir, VmConfig, DEFAULT_COMMAND_TIMEOUT, VMEM_QOM_PATH,
 };
 use crate::console;
+use crate::device::{AgentTransport, Diagnose, Guest, MemoryDevice};
 use crate::lock::{LockError, RunDirLock};
-use crate::meminfo::{parse_meminfo, MeminfoError};
+use crate::meminfo::MeminfoError;
 use crate::qmp::{QmpClient, QmpError};
 
 /// Result of a guest command (the agent's `exec` result).
@@ -36,10 +36,6 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_ATTEMPT: Duration = Duration::from_secs(3);
 /// Pause between connection attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
-/// Interval of `wait_plugged` polling.
-const PLUG_POLL: Duration = Duration::from_millis(10);
-/// Interval of `wait_meminfo` polling (each poll is an agent round trip).
-const MEMINFO_POLL: Duration = Duration::from_millis(50);
 /// How long QEMU gets to exit after the guest acknowledged a power-off.
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for QEMU to exit after a socket error, to tell a dying
@@ -452,7 +448,7 @@ fn connect(
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(HELLO_ATTEMPT);
-        match agent.hello(wait.max(Duration::from_millis(1))) {
+        match agent.call::<HelloResult>(Op::Hello, wait.max(Duration::from_millis(1))) {
             Ok(hello) => Ok(Some(hello)),
             Err(AgentError::Timeout { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -620,19 +616,9 @@ impl Vm {
         self.hello.as_ref()
     }
 
-    /// Sets the default limit for agent commands.
-    pub fn set_command_timeout(&mut self, timeout: Duration) {
-        self.command_timeout = timeout;
-    }
-
     /// The last `lines` lines of the guest console, titled, for messages.
     pub fn console_tail(&self, lines: usize) -> String {
         console::excerpt(&self.dir.console_log(), lines)
-    }
-
-    /// Wraps `kind` with the console tail (and QEMU log if it died).
-    fn fail(&mut self, kind: impl Into<VmErrorKind>) -> VmError {
-        with_diagnostics(kind.into(), &self.dir, &mut self.process)
     }
 
     /// Runs `f` on the QMP client; drops the connection if it broke.
@@ -646,7 +632,7 @@ impl Vm {
                 self.qmp = None;
             }
         }
-        result.map_err(|e| self.fail(e))
+        result.map_err(|e| self.fail(e.into()))
     }
 
     /// Runs `f` on the agent client with the command timeout; drops the
@@ -663,12 +649,7 @@ impl Vm {
                 self.agent = None;
             }
         }
-        result.map_err(|e| self.fail(e))
-    }
-
-    /// Agent `hello`.
-    pub fn hello(&mut self) -> Result<HelloResult, VmError> {
-        self.with_agent(|agent, timeout| agent.hello(timeout))
+        result.map_err(|e| self.fail(e.into()))
     }
 
     /// Asks the agent who it is and compares with the `hello` recorded at
@@ -688,155 +669,65 @@ impl Vm {
         RunDirLock::acquire(&self.dir.lock_file(), timeout).map_err(VmError::bare)
     }
 
-    /// Sends an agent operation without waiting for its answer; other
-    /// calls can be made meanwhile (the agent serves them concurrently).
-    pub fn agent_start(&mut self, op: hotmem_proto::Op) -> Result<Pending, VmError> {
-        self.with_agent(|agent, timeout| agent.start(op, timeout))
-    }
-
-    /// Waits up to `timeout` for the answer to a started operation; on
-    /// timeout the agent is told to cancel it.
-    pub fn agent_finish<T: serde::de::DeserializeOwned>(
-        &mut self,
-        pending: Pending,
-        timeout: Duration,
-    ) -> Result<T, VmError> {
-        self.with_agent(|agent, _| agent.finish(pending, timeout))
-    }
-
-    /// Instance events after `cursor`, waiting up to `wait` for one; the
-    /// cursor moves past them (see [`AgentClient::events`]).
-    pub fn events(
-        &mut self,
-        cursor: &mut EventCursor,
-        wait: Duration,
-    ) -> Result<hotmem_proto::EventList, VmError> {
-        self.with_agent(|agent, timeout| agent.events(cursor, wait, timeout))
-    }
-
-    /// Runs `argv` in the guest; the agent kills it after the command timeout.
-    pub fn exec(&mut self, argv: &[&str]) -> Result<ExecOutput, VmError> {
-        let timeout_ms = u64::try_from(self.command_timeout.as_millis()).unwrap_or(u64::MAX);
-        self.exec_args(ExecArgs {
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-            env: Vec::new(),
-            timeout_ms: Some(timeout_ms),
-        })
-    }
-
-    /// Runs a guest command with full control over environment and timeout.
-    pub fn exec_args(&mut self, args: ExecArgs) -> Result<ExecOutput, VmError> {
-        self.with_agent(|agent, timeout| agent.exec(args, timeout))
-    }
-
-    /// Like [`Vm::exec`], but a non-zero exit is an error carrying stderr.
-    pub fn exec_ok(&mut self, argv: &[&str]) -> Result<ExecOutput, VmError> {
-        let out = self.exec(argv)?;
-        if out.success() {
-            return Ok(out);
-        }
-        Err(self.fail(VmErrorKind::CommandFailed {
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-            exit: out.describe_exit(),
-            stderr: out.stderr.trim().to_owned(),
-        }))
-    }
-
-    /// Sends any agent operation and decodes its result, waiting up to
-    /// `timeout` (or the command timeout if `None`).
-    pub fn agent_call<T: serde::de::DeserializeOwned>(
-        &mut self,
-        op: hotmem_proto::Op,
-        timeout: Option<Duration>,
-    ) -> Result<T, VmError> {
-        self.with_agent(|agent, default| agent.call(op, timeout.unwrap_or(default)))
-    }
-
-    /// Reads a guest file.
-    pub fn read_file(&mut self, path: &str) -> Result<String, VmError> {
-        self.with_agent(|agent, timeout| agent.read_file(path, timeout))
-    }
-
-    /// Writes a guest file (e.g. a sysfs attribute).
-    pub fn write_file(&mut self, path: &str, data: &str) -> Result<(), VmError> {
-        self.with_agent(|agent, timeout| agent.write_file(path, data, timeout))
-    }
-
-    /// Guest `/proc/meminfo` (values in kB, or counts for unitless lines).
-    pub fn meminfo(&mut self) -> Result<BTreeMap<String, u64>, VmError> {
-        let text = self.read_file("/proc/meminfo")?;
-        parse_meminfo(&text).map_err(|e| self.fail(e))
-    }
-
-    /// Polls `/proc/meminfo` until `key` satisfies `done`; returns the value
-    /// and how long it took.
-    pub fn wait_meminfo(
-        &mut self,
-        key: &str,
-        timeout: Duration,
-        done: impl Fn(u64) -> bool,
-    ) -> Result<(u64, Duration), VmError> {
-        let start = Instant::now();
-        loop {
-            let value = self.meminfo()?.get(key).copied();
-            match value {
-                Some(v) if done(v) => return Ok((v, start.elapsed())),
-                _ if start.elapsed() >= timeout => {
-                    return Err(self.fail(VmErrorKind::Timeout {
-                        what: format!("{key} to reach its target (last value: {value:?} kB)"),
-                        timeout,
-                    }))
-                }
-                _ => thread::sleep(MEMINFO_POLL),
-            }
-        }
-    }
-
     /// Runs QMP `command` (for tests that drive QEMU beyond the helpers
     /// here, e.g. a migration).
     pub fn qmp_execute<C: qapi::Command>(&mut self, command: &C) -> Result<C::Ok, VmError> {
         self.with_qmp(|qmp| qmp.execute(command))
     }
+}
 
-    /// Sets the virtio-mem device's `requested-size` (bytes) via QMP.
-    pub fn set_requested_size(&mut self, bytes: u64) -> Result<(), VmError> {
+impl Diagnose for Vm {
+    /// Adds the console tail (and QEMU's log and exit status if it died).
+    fn fail(&mut self, kind: VmErrorKind) -> VmError {
+        with_diagnostics(kind, &self.dir, &mut self.process)
+    }
+}
+
+/// The virtio-mem device `vm0`, over QMP.
+impl MemoryDevice for Vm {
+    fn set_requested_size(&mut self, bytes: u64) -> Result<(), VmError> {
         self.with_qmp(|qmp| qmp.qom_set(VMEM_QOM_PATH, "requested-size", bytes.into()))
     }
 
-    /// The virtio-mem device's `requested-size` (bytes).
-    pub fn requested_size(&mut self) -> Result<u64, VmError> {
+    fn requested_size(&mut self) -> Result<u64, VmError> {
         self.with_qmp(|qmp| qmp.qom_get_u64(VMEM_QOM_PATH, "requested-size"))
     }
 
-    /// The virtio-mem device's plugged `size` (bytes).
-    pub fn plugged_size(&mut self) -> Result<u64, VmError> {
+    fn plugged_size(&mut self) -> Result<u64, VmError> {
         self.with_qmp(|qmp| qmp.qom_get_u64(VMEM_QOM_PATH, "size"))
     }
+}
 
-    /// Polls the plugged size every ~10 ms until it equals `target`; returns
-    /// how long that took.
-    pub fn wait_plugged(&mut self, target: u64, timeout: Duration) -> Result<Duration, VmError> {
-        let start = Instant::now();
-        loop {
-            let plugged = self.plugged_size()?;
-            if plugged == target {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() >= timeout {
-                return Err(self.fail(VmErrorKind::Timeout {
-                    what: format!("virtio-mem plugged size {target} (still {plugged})"),
-                    timeout,
-                }));
-            }
-            thread::sleep(PLUG_POLL);
-        }
+/// The agent on the virtio-serial port, reconnected when a connection
+/// broke.
+impl AgentTransport for Vm {
+    fn agent_start(&mut self, op: Op) -> Result<Pending, VmError> {
+        self.with_agent(|agent, timeout| agent.start(op, timeout))
     }
 
-    /// Stops the guest: agent power-off, then QMP `quit`, then SIGKILL, each
-    /// only if the previous one did not end QEMU in time.
-    pub fn shutdown(mut self) -> Result<ShutdownMethod, VmError> {
+    fn agent_finish_value(
+        &mut self,
+        pending: Pending,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, VmError> {
+        self.with_agent(|agent, _| agent.finish_value(pending, timeout))
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    fn set_command_timeout(&mut self, timeout: Duration) {
+        self.command_timeout = timeout;
+    }
+}
+
+impl Guest for Vm {
+    /// Stops the guest: agent power-off, then QMP `quit`, then SIGKILL,
+    /// each only if the previous one did not end QEMU in time.
+    fn shutdown(mut self) -> Result<ShutdownMethod, VmError> {
         let acked = agent_client(&mut self.agent, &self.dir)
-            .and_then(|agent| agent.poweroff(QMP_TIMEOUT))
+            .and_then(|agent| agent.call::<Empty>(Op::Poweroff, QMP_TIMEOUT))
             .is_ok();
         let method = if acked && self.process.wait_exit(POWEROFF_TIMEOUT) {
             Some(ShutdownMethod::Poweroff)

@@ -1,5 +1,5 @@
 //! `hotmem-memhog --size 64M [--thp | --collapse] [--fill BYTE] [--check-zero]
-//! [--fork] [--hold-ms MS]`
+//! [--fork] [--hold DURATION]`
 //!
 //! Maps private anonymous memory and faults every page in: a memhog-style
 //! function instance. `--check-zero` verifies that every page reads as zero
@@ -14,8 +14,8 @@
 //! kernel kills the process with SIGBUS.
 //! Prints one `key=value` summary line.
 //!
-//! `--request-interval-ms MS` turns the hold into a request loop, like a
-//! function serving requests: every MS ms it reads and writes
+//! `--request-interval DURATION` (e.g. `4ms`) turns the hold into a request
+//! loop, like a function serving requests: every interval it reads and writes
 //! `--request-bytes` of its memory and prints
 //! `req uptime_ms=T latency_us=L` (T is CLOCK_BOOTTIME at the start of the
 //! request), so a host can see how a co-located scale-down affects it.
@@ -25,6 +25,7 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use hotmem_units::{parse_duration, parse_size_nonzero};
 
 const PAGE: usize = 4096;
 
@@ -33,7 +34,7 @@ const PAGE: usize = 4096;
 #[command(version, about)]
 struct Args {
     /// How much to map, e.g. 64M, 1G, 4096.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_size_nonzero)]
     size: usize,
     /// Ask for transparent huge pages (MADV_HUGEPAGE).
     #[arg(long, conflicts_with = "collapse")]
@@ -54,14 +55,15 @@ struct Args {
     /// Fork a child that writes to every page too (COW).
     #[arg(long)]
     fork: bool,
-    /// Keep the memory this long before exiting.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    hold_ms: u64,
-    /// While holding, serve a "request" every MS ms (0: just sleep).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    request_interval_ms: u64,
+    /// Keep the memory this long before exiting (e.g. 10s, 2m).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    hold: Duration,
+    /// While holding, serve a "request" this often (e.g. 4ms; 0s: just
+    /// sleep).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    request_interval: Duration,
     /// Memory each request reads and writes.
-    #[arg(long, value_parser = parse_size, default_value = "1M")]
+    #[arg(long, value_parser = parse_size_nonzero, default_value = "1M")]
     request_bytes: usize,
 }
 
@@ -79,26 +81,6 @@ enum Error {
     Hwpoison(std::io::Error),
     #[error("madvise({0}) failed: {1}")]
     Madvise(&'static str, std::io::Error),
-}
-
-fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (num, shift) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 0),
-        Some((i, _)) => {
-            let shift = match s[i..].to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-                "K" => 10,
-                "M" => 20,
-                "G" => 30,
-                other => return Err(format!("unknown size suffix {other:?}")),
-            };
-            (&s[..i], shift)
-        }
-    };
-    let n: usize = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
-    n.checked_mul(1usize << shift)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| format!("bad size {s:?}"))
 }
 
 /// THP advice for the whole mapping.
@@ -266,8 +248,8 @@ fn run(args: &Args) -> Result<Duration, Error> {
         args.size,
         took.as_millis()
     );
-    let hold = Duration::from_millis(args.hold_ms);
-    if args.request_interval_ms == 0 {
+    let hold = args.hold;
+    if args.request_interval.is_zero() {
         std::thread::sleep(hold);
     } else {
         serve_requests(mem, hold, args);
@@ -304,7 +286,7 @@ fn request(mem: &mut [u8], offset: usize, len: usize) -> u64 {
 
 /// The request loop, for `hold`, printing one line per request.
 fn serve_requests(mem: &mut [u8], hold: Duration, args: &Args) {
-    let interval = Duration::from_millis(args.request_interval_ms);
+    let interval = args.request_interval;
     let end = Instant::now() + hold;
     let mut offset = 0;
     let mut sink = 0u64;
@@ -346,14 +328,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("2k"), Ok(2048));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("12X").is_err());
-        assert!(parse_size("").is_err());
+    fn sizes_and_durations_take_the_common_syntax() {
+        let args = Args::try_parse_from(["memhog", "--size", "1GiB", "--hold", "1m30s"]).unwrap();
+        assert_eq!((args.size, args.hold), (1 << 30, Duration::from_secs(90)));
+        assert!(Args::try_parse_from(["memhog", "--size", "0"]).is_err());
+        assert!(Args::try_parse_from(["memhog", "--size", "1M", "--hold", "30"]).is_err());
     }
 
     #[test]
@@ -382,10 +361,10 @@ mod tests {
             "memhog",
             "--size",
             "64K",
-            "--hold-ms",
-            "30",
-            "--request-interval-ms",
-            "5",
+            "--hold",
+            "30ms",
+            "--request-interval",
+            "5ms",
             "--request-bytes",
             "8K",
         ])

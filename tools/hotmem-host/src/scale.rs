@@ -27,8 +27,9 @@ use hotmem_proto::{
 };
 use serde::Serialize;
 
-use crate::size::HumanSize;
-use crate::vm::{Vm, VmError, VmErrorKind};
+use crate::device::{AgentTransport, MemoryDevice};
+use crate::vm::{VmError, VmErrorKind};
+use hotmem_units::HumanSize;
 
 /// Default amount plugged per instance in a vanilla guest.
 pub const DEFAULT_VANILLA_UNIT: u64 = 128 << 20;
@@ -185,17 +186,19 @@ fn failed(what: String) -> VmError {
 }
 
 /// Agent `partitions`.
-pub fn partitions(vm: &mut Vm) -> Result<PartitionsResult, VmError> {
+pub fn partitions<G: AgentTransport + ?Sized>(vm: &mut G) -> Result<PartitionsResult, VmError> {
     vm.agent_call(Op::Partitions, None)
 }
 
 /// Agent `list_instances`.
-pub fn list_instances(vm: &mut Vm) -> Result<InstanceList, VmError> {
+pub fn list_instances<G: AgentTransport + ?Sized>(vm: &mut G) -> Result<InstanceList, VmError> {
     vm.agent_call(Op::ListInstances, None)
 }
 
 /// The guest's memory figures (QMP + `/proc/meminfo`).
-pub fn guest_memory(vm: &mut Vm) -> Result<GuestMemory, VmError> {
+pub fn guest_memory<G: MemoryDevice + AgentTransport + ?Sized>(
+    vm: &mut G,
+) -> Result<GuestMemory, VmError> {
     let info = vm.meminfo()?;
     let get = |k: &str| info.get(k).copied().unwrap_or(0);
     Ok(GuestMemory {
@@ -224,7 +227,11 @@ pub fn busy_ticks(proc_stat: &str) -> Option<u64> {
 const USER_HZ: f64 = 100.0;
 
 /// Sets `requested-size` to `target` and waits until the device reached it.
-fn resize_and_wait(vm: &mut Vm, target: u64, timeout: Duration) -> Result<Duration, VmError> {
+fn resize_and_wait<G: MemoryDevice + ?Sized>(
+    vm: &mut G,
+    target: u64,
+    timeout: Duration,
+) -> Result<Duration, VmError> {
     let start = Instant::now();
     vm.set_requested_size(target)?;
     vm.wait_plugged(target, timeout)?;
@@ -243,8 +250,8 @@ const PLUG_POLL: Duration = Duration::from_millis(10);
 /// offline threshold (1 GiB) of added memory is offline, so in a HotMem
 /// guest (`online_hotmem` true) offline blocks are onlined into HotMem
 /// every [`ONLINE_EVERY`] while the device has not reached `target`.
-pub fn plug(
-    vm: &mut Vm,
+pub fn plug<G: MemoryDevice + AgentTransport + ?Sized>(
+    vm: &mut G,
     target: u64,
     online_hotmem: bool,
     timeout: Duration,
@@ -272,7 +279,10 @@ pub fn plug(
 }
 
 /// Starts an instance, plugging memory first if the guest needs it.
-pub fn scale_up(vm: &mut Vm, opts: &ScaleUpOptions) -> Result<ScaleUpReport, VmError> {
+pub fn scale_up<G: MemoryDevice + AgentTransport + ?Sized>(
+    vm: &mut G,
+    opts: &ScaleUpOptions,
+) -> Result<ScaleUpReport, VmError> {
     let start = Instant::now();
     let parts = partitions(vm)?;
     let hotmem = parts.enabled;
@@ -375,8 +385,8 @@ pub fn unplug_targets(
 
 /// Gives `unit` bytes back through `trigger`; returns the reclaim latency
 /// and the guest CPU time spent meanwhile.
-pub fn reclaim(
-    vm: &mut Vm,
+pub fn reclaim<G: MemoryDevice + AgentTransport + ?Sized>(
+    vm: &mut G,
     unit: u64,
     trigger: &Trigger,
     partition: Option<u64>,
@@ -413,7 +423,10 @@ pub fn reclaim(
 }
 
 /// Stops an instance and gives its memory back.
-pub fn scale_down(vm: &mut Vm, opts: &ScaleDownOptions) -> Result<ScaleDownReport, VmError> {
+pub fn scale_down<G: MemoryDevice + AgentTransport + ?Sized>(
+    vm: &mut G,
+    opts: &ScaleDownOptions,
+) -> Result<ScaleDownReport, VmError> {
     let start = Instant::now();
     let parts = partitions(vm)?;
     let hotmem = parts.enabled;
@@ -479,8 +492,8 @@ pub struct UnplugReport {
 
 /// Gives one partition (HotMem) or `vanilla_unit` bytes back without
 /// stopping anything; `partition` fills `{partition}` of a sysfs trigger.
-pub fn unplug(
-    vm: &mut Vm,
+pub fn unplug<G: MemoryDevice + AgentTransport + ?Sized>(
+    vm: &mut G,
     partition: Option<u64>,
     trigger: &Trigger,
     vanilla_unit: u64,
@@ -638,6 +651,73 @@ mod tests {
         assert_eq!(
             serde_json::to_value(Trigger::Qmp).unwrap(),
             serde_json::json!({"kind": "qmp"})
+        );
+    }
+
+    /// A HotMem guest with one partition per 128 MiB plugged, all free
+    /// except the one instance 7 runs in.
+    fn hotmem_guest() -> crate::device::fake::FakeGuest {
+        use crate::device::fake::FakeGuest;
+        const P: u64 = 128 << 20;
+        FakeGuest::new(Box::new(|op| match op {
+            Op::Partitions => Some(serde_json::json!({
+                "enabled": true,
+                "partition_size": P,
+                "partitions": [
+                    {"id": 1, "state": "active", "users": 1, "used_pages": 10, "online_blocks": 1},
+                ],
+                "offline_blocks": 0,
+            })),
+            Op::StopInstance(args) => Some(serde_json::json!({
+                "instance": args.instance,
+                "pid": 99,
+                "argv": ["hotmem-memhog"],
+                "partition": 1,
+                "state": "exited",
+                "start_us": 0,
+            })),
+            Op::ReadFile(args) if args.path == "/proc/stat" => {
+                Some(serde_json::json!({"data": "cpu  1 0 0 100 0 0 0 0\n"}))
+            }
+            Op::ReadFile(_) => Some(serde_json::json!({"data": "MemTotal: 1024 kB\n"})),
+            _ => None,
+        }))
+    }
+
+    #[test]
+    fn scale_down_runs_on_any_guest_and_keeps_a_pending_plug() {
+        const P: u64 = 128 << 20;
+        let mut guest = hotmem_guest();
+        // Four partitions requested, two plugged so far.
+        guest.requested = 4 * P;
+        guest.plugged = 2 * P;
+        let report = scale_down(&mut guest, &ScaleDownOptions::new(7)).unwrap();
+        assert_eq!(report.instance.instance, 7);
+        assert_eq!(report.unplugged_bytes, P);
+        assert_eq!(
+            guest.resizes,
+            [3 * P],
+            "one partition below the requested size"
+        );
+        assert_eq!(report.memory.requested, 3 * P);
+        assert_eq!(report.mode, "hotmem");
+    }
+
+    #[test]
+    fn a_lost_stop_answer_is_an_error_not_an_unplug() {
+        const P: u64 = 128 << 20;
+        let mut guest = crate::device::fake::FakeGuest::new(Box::new(|op| match op {
+            Op::Partitions => Some(serde_json::json!({
+                "enabled": true, "partition_size": P, "partitions": [], "offline_blocks": 0,
+            })),
+            _ => None,
+        }));
+        guest.requested = P;
+        guest.plugged = P;
+        assert!(scale_down(&mut guest, &ScaleDownOptions::new(7)).is_err());
+        assert!(
+            guest.resizes.is_empty(),
+            "nothing unplugged under a running instance"
         );
     }
 }

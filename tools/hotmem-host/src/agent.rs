@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hotmem_proto::{
-    decode_agent_message, encode_line, AgentMessage, CancelArgs, Empty, ErrorInfo, EventList,
-    EventsArgs, ExecArgs, ExecResult, HelloResult, InstanceEvent, Op, ReadFileArgs, ReadFileResult,
-    Request, Response, WriteFileArgs, BUILD_REVISION,
+    decode_agent_message, encode_line, AgentMessage, CancelArgs, ErrorInfo, EventList, EventsArgs,
+    HelloResult, InstanceEvent, Op, Request, Response, BUILD_REVISION,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::config::DEFAULT_COMMAND_TIMEOUT;
+use crate::device::{AgentTransport, Diagnose};
+use crate::vm::VmError;
 
 /// How long sending a `cancel` for a timed-out request may take.
 const CANCEL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -103,6 +106,19 @@ pub struct AgentClient {
     outstanding: HashMap<u64, &'static str>,
     /// Answers received for outstanding requests not being waited for.
     answered: HashMap<u64, Response>,
+    /// Default limit of a request through [`AgentTransport`].
+    timeout: Duration,
+}
+
+/// Decodes the result of a successful `op`.
+pub fn decode_result<T: DeserializeOwned>(
+    op: &'static str,
+    value: serde_json::Value,
+) -> Result<T, AgentError> {
+    serde_json::from_value(value).map_err(|e| AgentError::Protocol {
+        op,
+        detail: format!("unexpected {op} result: {e}"),
+    })
 }
 
 impl AgentClient {
@@ -129,46 +145,8 @@ impl AgentClient {
             next_id: seed,
             outstanding: HashMap::new(),
             answered: HashMap::new(),
+            timeout: DEFAULT_COMMAND_TIMEOUT,
         }
-    }
-
-    /// `hello`.
-    pub fn hello(&mut self, timeout: Duration) -> Result<HelloResult, AgentError> {
-        self.call(Op::Hello, timeout)
-    }
-
-    /// `exec`; waits for the agent's own `timeout_ms` plus a margin, or
-    /// `timeout` when the request has none.
-    pub fn exec(&mut self, args: ExecArgs, timeout: Duration) -> Result<ExecResult, AgentError> {
-        let wait = args.timeout_ms.map_or(timeout, |ms| {
-            Duration::from_millis(ms) + Duration::from_secs(5)
-        });
-        self.call(Op::Exec(args), wait)
-    }
-
-    /// `read_file`.
-    pub fn read_file(&mut self, path: &str, timeout: Duration) -> Result<String, AgentError> {
-        let op = Op::ReadFile(ReadFileArgs::new(path));
-        self.call::<ReadFileResult>(op, timeout).map(|r| r.data)
-    }
-
-    /// `write_file`.
-    pub fn write_file(
-        &mut self,
-        path: &str,
-        data: &str,
-        timeout: Duration,
-    ) -> Result<(), AgentError> {
-        let op = Op::WriteFile(WriteFileArgs {
-            path: path.to_owned(),
-            data: data.to_owned(),
-        });
-        self.call::<Empty>(op, timeout).map(drop)
-    }
-
-    /// `poweroff`: the agent acknowledges, then powers the guest off.
-    pub fn poweroff(&mut self, timeout: Duration) -> Result<(), AgentError> {
-        self.call::<Empty>(Op::Poweroff, timeout).map(drop)
     }
 
     /// Sends `op` and waits up to `timeout` for its response; on timeout
@@ -197,32 +175,38 @@ impl AgentClient {
         Ok(pending)
     }
 
-    /// Waits up to `timeout` for the answer to `pending`. On timeout the
-    /// request is cancelled in the guest and forgotten here.
+    /// Waits up to `timeout` for the answer to `pending` and decodes it.
+    /// On timeout the request is cancelled in the guest and forgotten here.
     pub fn finish<T: DeserializeOwned>(
         &mut self,
         pending: Pending,
         timeout: Duration,
     ) -> Result<T, AgentError> {
+        decode_result(pending.op, self.finish_value(pending, timeout)?)
+    }
+
+    /// Like [`AgentClient::finish`], without decoding the result.
+    pub fn finish_value(
+        &mut self,
+        pending: Pending,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, AgentError> {
         let result = self.wait_response(pending, timeout);
         self.outstanding.remove(&pending.id);
         let response = match result {
             Ok(response) => response,
             Err(e) => {
                 if matches!(e, AgentError::Timeout { .. }) {
+                    tracing::debug!(id = pending.id, op = pending.op, "agent: cancelling");
                     self.cancel(pending.id);
                 }
                 return Err(e);
             }
         };
-        let name = pending.op;
-        match response.outcome {
-            Ok(value) => serde_json::from_value(value).map_err(|e| AgentError::Protocol {
-                op: name,
-                detail: format!("unexpected {name} result: {e}"),
-            }),
-            Err(error) => Err(AgentError::Remote { op: name, error }),
-        }
+        response.outcome.map_err(|error| AgentError::Remote {
+            op: pending.op,
+            error,
+        })
     }
 
     /// Asks the agent to cancel request `id`, without waiting for the
@@ -270,23 +254,6 @@ impl AgentClient {
         }
     }
 
-    /// The events after `cursor` (waiting up to `wait` for one); advances
-    /// the cursor past them, so the next call acknowledges them. If the
-    /// answer is lost (timeout, broken connection), the cursor stays and
-    /// the next call gets the same events again. Use [`AgentClient::call`]
-    /// with [`Op::Events`] for the raw answer.
-    pub fn events(
-        &mut self,
-        cursor: &mut EventCursor,
-        wait: Duration,
-        timeout: Duration,
-    ) -> Result<EventList, AgentError> {
-        let op = Op::Events(cursor.request(wait));
-        let list: EventList = self.call(op, timeout.max(wait + Duration::from_secs(5)))?;
-        cursor.advance(&list);
-        Ok(list)
-    }
-
     fn send(&mut self, request: &Request, timeout: Duration) -> Result<(), AgentError> {
         let op = request.op.name();
         let line = encode_line(request).map_err(|e| AgentError::Protocol {
@@ -294,6 +261,7 @@ impl AgentClient {
             detail: format!("cannot encode request: {e}"),
         })?;
         let io = |source| AgentError::Io { op, source };
+        tracing::debug!(target: "hotmem_host::agent", "-> {}", String::from_utf8_lossy(line.trim_ascii_end()));
         self.stream.set_write_timeout(Some(timeout)).map_err(io)?;
         self.stream
             .write_all(&line)
@@ -317,7 +285,9 @@ impl AgentClient {
             if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + pos + 1;
                 self.scanned = 0;
-                return Ok(self.buf.drain(..end).collect());
+                let line: Vec<u8> = self.buf.drain(..end).collect();
+                tracing::debug!(target: "hotmem_host::agent", "<- {}", String::from_utf8_lossy(line.trim_ascii_end()));
+                return Ok(line);
             }
             self.scanned = self.buf.len();
             if self.buf.len() > MAX_LINE {
@@ -432,6 +402,34 @@ impl AgentCheck {
     }
 }
 
+impl Diagnose for AgentClient {}
+
+/// The agent client is itself a transport (errors without diagnostics);
+/// [`crate::Vm`] wraps one with reconnection and the console tail.
+impl AgentTransport for AgentClient {
+    fn agent_start(&mut self, op: Op) -> Result<Pending, VmError> {
+        let timeout = self.timeout;
+        self.start(op, timeout).map_err(VmError::from_kind)
+    }
+
+    fn agent_finish_value(
+        &mut self,
+        pending: Pending,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, VmError> {
+        self.finish_value(pending, timeout)
+            .map_err(VmError::from_kind)
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn set_command_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+}
+
 /// Errors after which a read can simply be retried (deadline permitting).
 fn is_retryable(e: &io::Error) -> bool {
     matches!(
@@ -443,7 +441,10 @@ fn is_retryable(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hotmem_proto::{decode_request, ErrorKind, Response};
+    use crate::vm::VmErrorKind;
+    use hotmem_proto::{
+        decode_request, Empty, ErrorKind, ExecArgs, ExecResult, ReadFileResult, Response,
+    };
     use std::io::{BufRead, BufReader};
     use std::thread;
 
@@ -479,7 +480,7 @@ mod tests {
             let hello = hello_from("b", "a1", BUILD_REVISION);
             vec![ok(req.id, &hello)]
         });
-        assert_eq!(agent.hello(T).unwrap().kernel_release, "6.12.0-hotmem");
+        assert_eq!(agent.hello().unwrap().kernel_release, "6.12.0-hotmem");
     }
 
     #[test]
@@ -496,7 +497,7 @@ mod tests {
                 b.to_vec(),
             ]
         });
-        assert_eq!(agent.read_file("/f", T).unwrap(), "x");
+        assert_eq!(agent.read_file("/f").unwrap(), "x");
     }
 
     #[test]
@@ -508,8 +509,8 @@ mod tests {
             );
             vec![encode_line(&Response::error(Some(req.id), info)).unwrap()]
         });
-        let err = agent.write_file("/sys/x", "bogus", T).unwrap_err();
-        let AgentError::Remote { op, error } = &err else {
+        let err = agent.write_file("/sys/x", "bogus").unwrap_err();
+        let VmErrorKind::Agent(AgentError::Remote { op, error }) = err.kind() else {
             panic!("unexpected {err:?}");
         };
         assert_eq!((*op, error.kind), ("write_file", ErrorKind::Io));
@@ -519,17 +520,24 @@ mod tests {
     #[test]
     fn timeouts_and_disconnects() {
         let mut silent = fake_agent(|_| vec![]);
-        let err = silent.hello(Duration::from_millis(100)).unwrap_err();
+        silent.set_command_timeout(Duration::from_millis(100));
+        let err = silent.hello().unwrap_err();
         assert!(
-            matches!(err, AgentError::Timeout { op: "hello", .. }),
+            matches!(
+                err.kind(),
+                VmErrorKind::Agent(AgentError::Timeout { op: "hello", .. })
+            ),
             "{err}"
         );
 
         let (client, server) = UnixStream::pair().unwrap();
         drop(server);
-        let err = AgentClient::from_stream(client).hello(T).unwrap_err();
+        let err = AgentClient::from_stream(client).hello().unwrap_err();
         assert!(
-            matches!(err, AgentError::Disconnected { .. } | AgentError::Io { .. }),
+            matches!(
+                err.kind(),
+                VmErrorKind::Agent(AgentError::Disconnected { .. } | AgentError::Io { .. })
+            ),
             "{err}"
         );
     }
@@ -558,26 +566,29 @@ mod tests {
             seen_tx.lock().unwrap().send(req).unwrap();
             answer
         });
+        agent.set_command_timeout(Duration::from_millis(100));
         let err = agent
-            .exec(
-                ExecArgs {
-                    argv: vec!["sleep".into(), "30".into()],
-                    ..ExecArgs::default()
-                },
-                Duration::from_millis(100),
-            )
+            .exec_args(ExecArgs {
+                argv: vec!["sleep".into(), "30".into()],
+                ..ExecArgs::default()
+            })
             .unwrap_err();
         assert!(
-            matches!(err, AgentError::Timeout { op: "exec", .. }),
+            matches!(
+                err.kind(),
+                VmErrorKind::Agent(AgentError::Timeout { op: "exec", .. })
+            ),
             "{err}"
         );
         let exec = seen.recv_timeout(T).unwrap();
         let cancel = seen.recv_timeout(T).unwrap();
         assert_eq!(cancel.op, Op::Cancel(CancelArgs { request: exec.id }));
         // The cancel's answer is skipped; the connection keeps working.
-        let mut agent2 = agent;
-        let err = agent2.hello(Duration::from_millis(100)).unwrap_err();
-        assert!(matches!(err, AgentError::Timeout { .. }), "{err}");
+        let err = agent.hello().unwrap_err();
+        assert!(
+            matches!(err.kind(), VmErrorKind::Agent(AgentError::Timeout { .. })),
+            "{err}"
+        );
     }
 
     #[test]
@@ -606,70 +617,6 @@ mod tests {
         assert_eq!(r.status, Some(0));
         let h: HelloResult = agent.finish(hello, T).unwrap();
         assert_eq!(h.agent_id, "a");
-    }
-
-    #[test]
-    fn a_lost_events_answer_loses_no_event() {
-        use hotmem_proto::{InstanceEvent, InstanceEventKind};
-        // A fake agent keeping three events until acknowledged; its first
-        // answer to `events` is lost on the way.
-        let state = std::sync::Mutex::new((0u64, false));
-        let mut agent = fake_agent(move |req| {
-            let Op::Events(args) = &req.op else {
-                return vec![];
-            };
-            let mut st = state.lock().unwrap();
-            if args.agent_id.as_deref() == Some("run1") {
-                st.0 = st.0.max(args.after_seq.unwrap());
-            }
-            let events: Vec<InstanceEvent> = (st.0 + 1..=3)
-                .map(|seq| InstanceEvent {
-                    seq,
-                    kind: InstanceEventKind::InstanceExited,
-                    instance: seq,
-                    partition: None,
-                    exit: None,
-                    uptime_ms: seq,
-                })
-                .collect();
-            if !st.1 {
-                st.1 = true;
-                return vec![];
-            }
-            let list = EventList {
-                events,
-                dropped: 0,
-                agent_id: "run1".into(),
-            };
-            vec![ok(req.id, &list)]
-        });
-        let mut cursor = EventCursor::default();
-        let short = Duration::from_millis(200);
-        let err = agent
-            .events(&mut cursor, Duration::ZERO, short)
-            .unwrap_err();
-        assert!(matches!(err, AgentError::Timeout { .. }), "{err}");
-        assert_eq!(
-            cursor,
-            EventCursor::default(),
-            "a lost answer moves nothing"
-        );
-        let got = agent.events(&mut cursor, Duration::ZERO, T).unwrap();
-        let seqs: Vec<u64> = got.events.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [1, 2, 3], "nothing lost");
-        assert_eq!(
-            cursor,
-            EventCursor {
-                agent_id: "run1".into(),
-                after_seq: 3
-            }
-        );
-        // The next call acknowledges them.
-        assert!(agent
-            .events(&mut cursor, Duration::ZERO, T)
-            .unwrap()
-            .events
-            .is_empty());
     }
 
     #[test]
@@ -715,9 +662,13 @@ mod tests {
     #[test]
     fn garbage_is_a_protocol_error() {
         let mut agent = fake_agent(|_| vec![b"<html>\n".to_vec()]);
-        assert!(matches!(
-            agent.hello(T),
-            Err(AgentError::Protocol { op: "hello", .. })
-        ));
+        let err = agent.hello().unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                VmErrorKind::Agent(AgentError::Protocol { op: "hello", .. })
+            ),
+            "{err}"
+        );
     }
 }

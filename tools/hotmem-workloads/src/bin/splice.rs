@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hotmem_units::parse_size_nonzero;
 
 const PAGE: usize = 4096;
 
@@ -20,8 +21,8 @@ const PAGE: usize = 4096;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Bytes to splice, a multiple of 4 KiB (suffixes K and M).
-    #[arg(long, value_parser = parse_size, default_value = "256K")]
+    /// Bytes to splice, a multiple of 4 KiB (e.g. 256K, 2M).
+    #[arg(long, value_parser = parse_pages, default_value = "256K")]
     size: usize,
     /// Byte to fill the memory with (decimal or 0x-prefixed hex).
     #[arg(long, value_parser = parse_byte, default_value = "0xa5")]
@@ -44,26 +45,21 @@ enum Error {
     Short(usize, usize),
 }
 
+/// A size that is a whole number of pages.
+fn parse_pages(s: &str) -> Result<usize, String> {
+    let n = parse_size_nonzero(s).map_err(|e| e.to_string())?;
+    if n % PAGE != 0 {
+        return Err(format!("{s}: not a multiple of 4K"));
+    }
+    Ok(n)
+}
+
 fn parse_byte(s: &str) -> Result<u8, String> {
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(hex) => u8::from_str_radix(hex, 16),
         None => s.parse(),
     }
     .map_err(|e| format!("bad byte {s:?}: {e}"))
-}
-
-fn parse_size(s: &str) -> Result<usize, String> {
-    let (num, shift) = match s.to_ascii_uppercase().strip_suffix('K') {
-        Some(n) => (n.to_owned(), 10),
-        None => match s.to_ascii_uppercase().strip_suffix('M') {
-            Some(n) => (n.to_owned(), 20),
-            None => (s.to_owned(), 0),
-        },
-    };
-    let n: usize = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
-    n.checked_mul(1 << shift)
-        .filter(|b| *b > 0 && b % PAGE == 0)
-        .ok_or_else(|| format!("bad size {s:?}: must be a positive multiple of 4K"))
 }
 
 #[allow(unsafe_code)]
@@ -124,5 +120,19 @@ fn main() -> ExitCode {
             eprintln!("hotmem-splice: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_whole_pages() {
+        assert_eq!(parse_pages("256K"), Ok(256 << 10));
+        assert_eq!(parse_pages("2MiB"), Ok(2 << 20));
+        assert!(parse_pages("6K").unwrap_err().contains("multiple of 4K"));
+        assert!(parse_pages("0").is_err());
+        assert!(Args::try_parse_from(["splice", "--size", "1000", "f"]).is_err());
     }
 }
