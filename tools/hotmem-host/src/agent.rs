@@ -484,6 +484,23 @@ mod tests {
     }
 
     #[test]
+    fn requests_and_answers_are_traced() {
+        let log = crate::captured_traces(|| {
+            let mut agent = fake_agent(|req| vec![ok(req.id, &hello_from("b", "a1", "r"))]);
+            agent.hello().unwrap();
+        });
+        assert!(log.contains("hotmem_host::agent"), "{log}");
+        assert!(
+            log.contains(r#"-> {"#) && log.contains(r#""op":"hello""#),
+            "{log}"
+        );
+        assert!(
+            log.contains(r#"<- {"#) && log.contains(r#""agent_id":"a1""#),
+            "{log}"
+        );
+    }
+
+    #[test]
     fn stale_responses_and_events_are_skipped() {
         let mut agent = fake_agent(|req| {
             let event = br#"{"v":1,"event":"future","data":{}}"#.to_vec();

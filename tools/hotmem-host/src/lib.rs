@@ -46,6 +46,35 @@ pub use device::{AgentTransport, Diagnose, Guest, MemoryDevice};
 pub use hotmem_units::{parse_duration, parse_size, HumanSize, SizeError};
 pub use vm::{ExecOutput, ShutdownMethod, Vm, VmError, VmErrorKind};
 
+/// Runs `f` with debug tracing captured; returns what was logged.
+#[cfg(test)]
+pub(crate) fn captured_traces(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&buf);
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || Writer(Arc::clone(&sink)))
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buf.lock().map(|b| b.clone()).unwrap_or_default();
+    return String::from_utf8_lossy(&bytes).into_owned();
+
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Writer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(data);
+            }
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}
+
 /// Sysfs policy for onlining hot-added memory. Without udev nothing onlines
 /// it, so the kernel is asked to; `online_movable` keeps it unpluggable.
 pub const AUTO_ONLINE_BLOCKS: &str = "/sys/devices/system/memory/auto_online_blocks";

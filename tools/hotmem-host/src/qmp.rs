@@ -247,6 +247,20 @@ mod tests {
     const VM0: &str = "/machine/peripheral/vm0";
 
     #[test]
+    fn commands_and_answers_are_traced() {
+        let log = crate::captured_traces(|| {
+            let mut qmp = client(vec![("qom-get", vec![r#"{"return": 4096}"#])]);
+            assert_eq!(qmp.qom_get_u64(VM0, "size").unwrap(), 4096);
+        });
+        assert!(
+            log.contains("hotmem_host::qmp") && log.contains("-> qom-get"),
+            "{log}"
+        );
+        assert!(log.contains(r#""property":"size""#), "{log}");
+        assert!(log.contains("<- 4096"), "{log}");
+    }
+
+    #[test]
     fn qom_set_reports_qemu_errors() {
         let err =
             r#"{"error": {"class": "GenericError", "desc": "Property 'requested-size' bad"}}"#;
