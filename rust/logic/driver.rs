@@ -65,6 +65,11 @@ pub enum RequestError<E> {
     /// The device wrote something that is not a valid response: it may or
     /// may not have acted on the request.
     BadResponse(DecodeError),
+    /// The request reached the device but no answer came back (the wait
+    /// timed out or was interrupted, the virtqueue broke, the device is
+    /// going away): it may or may not have acted on it, now or later. The
+    /// partition becomes unknown until a STATE query answers.
+    NoAnswer(E),
 }
 
 /// Why removing a partition's memory failed.
@@ -485,6 +490,11 @@ impl<'a> Vmem<'a> {
                 );
                 return Err(RequestError::BadResponse(e));
             }
+            Err(RequestError::NoAnswer(e)) => {
+                env.log(Level::Err, format_args!("no answer to {kind:?}: {e:?}"));
+                self.back_off();
+                return Err(RequestError::NoAnswer(e));
+            }
             Err(e) => {
                 env.log(Level::Err, format_args!("{kind:?} not sent: {e:?}"));
                 self.back_off();
@@ -653,6 +663,12 @@ impl<'a> Vmem<'a> {
                 self.apply(env, index, Event::UnplugBusy);
                 return Outcome::Stop;
             }
+            Err(RequestError::NoAnswer(_)) => {
+                // It may be unplugged, now or later: unknown (never added
+                // again before a STATE query says it is plugged).
+                self.apply(env, index, Event::UnplugError);
+                return Outcome::Stop;
+            }
             Err(RequestError::BadResponse(_)) => return Outcome::Stop,
         };
         self.apply(env, index, Event::unplug_response(response.response_type()));
@@ -760,6 +776,11 @@ impl<'a> Vmem<'a> {
             Ok(r) => r,
             Err(RequestError::NotSent(_)) => {
                 self.apply(env, index, Event::PlugBusy);
+                return Outcome::Stop;
+            }
+            Err(RequestError::NoAnswer(_)) => {
+                // It may be plugged, now or later: unknown.
+                self.apply(env, index, Event::PlugError);
                 return Outcome::Stop;
             }
             // The partition stays `Plugging`: unknown, and the device is
@@ -1140,7 +1161,9 @@ impl<'a> Vmem<'a> {
                         env.log(Level::Err, format_args!("UNPLUG_ALL answered {response:?}"));
                         Err(ProbeError::Device)
                     }
-                    Err(RequestError::NotSent(e)) => Err(ProbeError::Env(e)),
+                    Err(RequestError::NotSent(e) | RequestError::NoAnswer(e)) => {
+                        Err(ProbeError::Env(e))
+                    }
                     Err(RequestError::BadResponse(_)) => Err(ProbeError::Device),
                 }
             }
@@ -1163,7 +1186,9 @@ impl<'a> Vmem<'a> {
                         env.log(Level::Err, format_args!("STATE answered {response:?}"));
                         return Err(ProbeError::Device);
                     }
-                    Err(RequestError::NotSent(e)) => return Err(ProbeError::Env(e)),
+                    Err(RequestError::NotSent(e) | RequestError::NoAnswer(e)) => {
+                        return Err(ProbeError::Env(e))
+                    }
                     Err(RequestError::BadResponse(_)) => return Err(ProbeError::Device),
                 }
             } else {

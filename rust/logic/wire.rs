@@ -473,10 +473,18 @@ impl Response {
         buf
     }
 
+    /// What the response buffer holds before the device writes it: a type
+    /// no device answers, so that a buffer the device did not write never
+    /// decodes as a response. The driver decodes the whole buffer and does
+    /// not trust the used length the device reports (as Linux's virtio
+    /// drivers, since devices misreport it): a short length is no error.
+    pub const UNWRITTEN: [u8; RESPONSE_SIZE] = [0xff; RESPONSE_SIZE];
+
     /// Parses the response the device wrote for a request of type `request`
-    /// (pass only the bytes the device wrote). An ACK to STATE needs
-    /// [`RESPONSE_SIZE`] bytes and a known `state`; every other response
-    /// needs [`RESPONSE_HEADER_SIZE`] bytes and its `state` is ignored.
+    /// (the response buffer, which started as [`Response::UNWRITTEN`]). An
+    /// ACK to STATE needs [`RESPONSE_SIZE`] bytes and a known `state`; every
+    /// other response needs [`RESPONSE_HEADER_SIZE`] bytes and its `state`
+    /// is ignored.
     pub fn decode(buf: &[u8], request: RequestType) -> Result<Self, DecodeError> {
         check_len(buf, RESPONSE_HEADER_SIZE)?;
         let raw = field(read_le16(buf, RESP_TYPE), buf, RESPONSE_HEADER_SIZE)?;

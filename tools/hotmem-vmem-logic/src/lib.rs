@@ -1,12 +1,10 @@
 //! Host build of the HotMem virtio-mem driver's kernel-independent logic.
 //!
-//! The sources live in `rust/logic/` and are shared, file by file, with the
-//! out-of-tree kernel module, which includes them with `#[path]` exactly as
-//! this crate does: as sibling modules named `wire`, `partition`,
-//! `retry` and `control` (the others refer to `super::wire` and
-//! `super::partition`). Declare them `pub mod`
-//! there too, so that items the module does not use yet are not reported as
-//! dead code and `unreachable_pub` stays quiet.
+//! The sources live in `rust/logic/` and are shared with the out-of-tree
+//! kernel module, which includes the directory exactly as this crate does:
+//! `#[path = ".../rust/logic/mod.rs"] mod logic;`, whose `pub mod`s are the
+//! sibling modules `wire`, `partition`, `retry`, `control` and `driver`
+//! (they refer to each other as `super::wire` etc.).
 //!
 //! The files use only `core`: no allocation, no floating point, no `unsafe`,
 //! and no operation that can panic (each file denies the Clippy lints for
@@ -29,17 +27,7 @@
 
 #![cfg_attr(not(test), no_std)]
 
-#[path = "../../../rust/logic/wire.rs"]
-pub mod wire;
+#[path = "../../../rust/logic/mod.rs"]
+mod logic;
 
-#[path = "../../../rust/logic/partition.rs"]
-pub mod partition;
-
-#[path = "../../../rust/logic/retry.rs"]
-pub mod retry;
-
-#[path = "../../../rust/logic/control.rs"]
-pub mod control;
-
-#[path = "../../../rust/logic/driver.rs"]
-pub mod driver;
+pub use logic::{control, driver, partition, retry, wire};

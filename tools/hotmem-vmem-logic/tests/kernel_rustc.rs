@@ -39,11 +39,11 @@ fn logic_compiles_as_kernel_code_without_panics() {
     for module in ["wire", "partition", "retry", "control", "driver"] {
         let file = logic.join(format!("{module}.rs"));
         assert!(file.exists(), "{}", file.display());
-        wrapper += &format!(
-            "#[path = {:?}]\npub mod {module};\n",
-            file.display().to_string()
-        );
     }
+    wrapper += &format!(
+        "#[path = {:?}]\npub mod logic;\n",
+        logic.join("mod.rs").display().to_string()
+    );
     let source = dir.join("hotmem_logic.rs");
     std::fs::write(&source, wrapper).unwrap();
     let object = dir.join("hotmem_logic.o");

@@ -391,3 +391,22 @@ fn errors_display() {
         .contains('9'));
     assert!(DecodeError::UnknownBlockState(9).to_string().contains('9'));
 }
+
+/// The response buffer starts as `Response::UNWRITTEN`: the driver decodes
+/// the whole buffer whatever used length the device reports, so a buffer
+/// the device did not write must not decode (as ACK, say), and one it wrote
+/// decodes although the reported length may be short.
+#[test]
+fn an_unwritten_response_buffer_never_decodes() {
+    for request in [
+        RequestType::Plug,
+        RequestType::Unplug,
+        RequestType::UnplugAll,
+        RequestType::State,
+    ] {
+        assert!(Response::decode(&Response::UNWRITTEN, request).is_err());
+        let mut buf = Response::UNWRITTEN;
+        Response::Ack.encode(&mut buf);
+        assert!(Response::decode(&buf, request).is_ok(), "{request:?}");
+    }
+}
