@@ -53,9 +53,9 @@ struct Args {
     #[arg(long)]
     stdio: bool,
 
-    /// How long to wait for the port to appear, in seconds.
-    #[arg(long, default_value_t = 30)]
-    wait_secs: u64,
+    /// How long to wait for the port to appear (e.g. 30s, 2m).
+    #[arg(long, value_parser = hotmem_units::parse_duration, default_value = "30s")]
+    wait: Duration,
 }
 
 fn main() -> ExitCode {
@@ -89,7 +89,7 @@ fn device_path(args: &Args) -> io::Result<PathBuf> {
         Path::new(port::SYS_VIRTIO_PORTS),
         Path::new("/dev"),
         &args.port_name,
-        Duration::from_secs(args.wait_secs),
+        args.wait,
     )
 }
 
@@ -117,4 +117,20 @@ fn power_off() {
     // reboot(2) only returns on failure.
     let Err(e) = reboot(RebootMode::RB_POWER_OFF);
     log!("reboot(RB_POWER_OFF) failed: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_wait_is_a_duration() {
+        let args = Args::try_parse_from(["hotmem-agent", "--wait", "2m"]).unwrap();
+        assert_eq!(args.wait, Duration::from_secs(120));
+        assert_eq!(
+            Args::try_parse_from(["hotmem-agent"]).unwrap().wait,
+            Duration::from_secs(30)
+        );
+        assert!(Args::try_parse_from(["hotmem-agent", "--wait", "30"]).is_err());
+    }
 }
