@@ -37,7 +37,11 @@ use error::CliError;
 #[command(
     name = "hotmemctl",
     version,
-    about = "Boot and drive HotMem QEMU guests"
+    about = "Boot and drive HotMem QEMU guests",
+    after_help = "Durations: 30s, 1m30s, 250ms (a unit is required). Sizes: 4096, 512M, 1G.\n\
+Exit status on errors, by kind: usage 2, config 78, io 74, session 69, lock 75, \
+timeout 79, vmm 71, agent 76, command 72, scale 65; `exec` passes the guest \
+command's status through (124: killed for its timeout, 128+N: signal N)."
 )]
 struct Cli {
     /// Print machine-readable JSON on stdout (progress stays on stderr);
@@ -942,6 +946,16 @@ mod tests {
         assert_eq!((instance, trigger), (3, TriggerArg::Sysfs));
         assert_eq!(sysfs_trigger, "/sys/x/{partition}");
         assert!(Cli::try_parse_from(["hotmemctl", "scale-down", "--dir", "d"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_error_kind_with_its_exit_status() {
+        let help = Cli::command().render_help().to_string();
+        for kind in error::Kind::ALL {
+            let name = serde_json::to_value(kind).unwrap();
+            let entry = format!("{} {}", name.as_str().unwrap(), kind.exit_status());
+            assert!(help.contains(&entry), "{entry} missing from:\n{help}");
+        }
     }
 
     #[test]
