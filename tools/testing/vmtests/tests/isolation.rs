@@ -4,7 +4,9 @@
 //! memory limit, signal the agent or another instance, bind again, or read
 //! another process's memory. The same probes run as root (an instance
 //! started with `uid: 0`) show each of them would otherwise succeed or
-//! fail differently.
+//! fail differently. The seccomp filter (`hotmem-run --seccomp`, the
+//! default where the guest kernel has seccomp filters) refuses binding,
+//! mounts, namespaces and `chroot` with `EPERM` even to root.
 
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -30,6 +32,7 @@ probe() { n=$1; shift; if out=$( ("$@") 2>&1 ); then echo "$n: ok"; else echo "$
 cg=$(cut -d: -f3 /proc/self/cgroup)
 echo "ids: $(id -u) $(id -g) $(id -G)"
 echo "nnp: $(grep ^NoNewPrivs: /proc/self/status | tr -d '\t')"
+echo "seccomp: $(grep ^Seccomp: /proc/self/status | tr -d '\t')"
 echo "cgroup: $cg"
 probe leave_cgroup sh -c 'echo $$ >/sys/fs/cgroup/cgroup.procs'
 probe raise_limit sh -c "echo max >/sys/fs/cgroup$cg/memory.max"
@@ -140,6 +143,9 @@ fn instances_are_unprivileged_and_isolated() {
     let r = probe_results(&mut vm, &prober);
     assert_eq!(r["ids"], format!("{uid} {uid} {uid}"), "{r:?}");
     assert_eq!(r["nnp"], "NoNewPrivs:1", "{r:?}");
+    // The guest kernel has seccomp filters, so the agent asked for one.
+    assert!(prober.seccomp, "{prober:?}");
+    assert_eq!(r["seccomp"], "Seccomp:2", "filter mode: {r:?}");
     assert_eq!(r["cgroup"], format!("/hotmem/i{}", prober.instance));
     let eacces = "Permission denied";
     let eperm = "Operation not permitted";
@@ -176,6 +182,7 @@ fn instances_are_unprivileged_and_isolated() {
     assert_eq!(root.uid, Some(0));
     let r = probe_results(&mut vm, &root);
     assert!(r["ids"].starts_with("0 0"), "{r:?}");
+    assert_eq!(r["seccomp"], "Seccomp:0", "{r:?}");
     for probe in ["leave_cgroup", "raise_limit", "kill_agent", "kill_other"] {
         assert_eq!(r[probe], "ok", "{probe} as root: {r:?}");
     }
@@ -192,5 +199,84 @@ fn instances_are_unprivileged_and_isolated() {
         .or_panic("ls")
         .stdout;
     assert!(left.trim().is_empty(), "run dirs left: {left}");
+    vm.shutdown().or_panic("shutdown");
+}
+
+/// Calls the `--seccomp` filter refuses, tried by root, whom neither
+/// permissions nor capabilities stop: binding (`prctl(PR_HOTMEM)`), a
+/// mount, a new namespace, `chroot`.
+const SYSCALL_PROBES: &str = r#"
+probe() { n=$1; shift; if out=$( ("$@") 2>&1 ); then echo "$n: ok"; else echo "$n: $out"; fi; }
+echo "seccomp: $(grep ^Seccomp: /proc/self/status | tr -d '\t')"
+probe bind hotmem-run --nonblock -- true
+mkdir -p /tmp/mnt.$$
+probe mount sh -c "mount -t tmpfs none /tmp/mnt.$$ && umount /tmp/mnt.$$"
+probe unshare unshare -u true
+probe chroot chroot / true
+echo done
+exec sleep 600
+"#;
+
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn the_seccomp_filter_confines_even_root() {
+    let mut cfg = config("the_seccomp_filter_confines_even_root");
+    cfg.append = "hotmem=on hotmem_partition_size=128M".to_owned();
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
+    vm.set_command_timeout(Duration::from_secs(120));
+    let avail = vm
+        .read_file("/proc/sys/kernel/seccomp/actions_avail")
+        .or_panic("the guest kernel has no seccomp filters (CONFIG_SECCOMP_FILTER)");
+    assert!(avail.contains("errno"), "{avail}");
+    let root_with = |vm: &mut Vm, seccomp: bool| -> Instance {
+        vm.agent_call(
+            Op::StartInstance(StartInstanceArgs {
+                argv: vec!["sh".into(), "-c".into(), SYSCALL_PROBES.into()],
+                // Unbound: no partition is plugged; binding is what is probed.
+                hotmem: false,
+                uid: Some(0),
+                seccomp: Some(seccomp),
+                ..StartInstanceArgs::default()
+            }),
+            None,
+        )
+        .or_panic("start_instance")
+    };
+    let eperm = "Operation not permitted";
+
+    let filtered = root_with(&mut vm, true);
+    assert!(filtered.seccomp && filtered.uid == Some(0), "{filtered:?}");
+    let r = probe_results(&mut vm, &filtered);
+    assert_eq!(r["seccomp"], "Seccomp:2", "{r:?}");
+    // prctl(PR_HOTMEM) answers EPERM before the kernel looks for a partition.
+    assert!(
+        r["bind"].contains("binding needs CAP_SYS_RESOURCE"),
+        "{r:?}"
+    );
+    // busybox mount says "permission denied" for EPERM.
+    assert!(
+        r["mount"].to_lowercase().contains("permission denied") || r["mount"].contains(eperm),
+        "{r:?}"
+    );
+    for probe in ["unshare", "chroot"] {
+        assert!(r[probe].contains(eperm), "{probe}: {:?} ({r:?})", r[probe]);
+    }
+
+    // Without the filter the same root instance gets past every one of them.
+    let open = root_with(&mut vm, false);
+    assert!(!open.seccomp, "{open:?}");
+    let r = probe_results(&mut vm, &open);
+    assert_eq!(r["seccomp"], "Seccomp:0", "{r:?}");
+    assert!(r["bind"].contains("no HotMem partition is free"), "{r:?}");
+    for probe in ["mount", "chroot"] {
+        assert_eq!(r[probe], "ok", "{probe} without the filter: {r:?}");
+    }
+    // unshare(2) fails with EINVAL where the guest kernel has no
+    // namespaces, never with EPERM for root.
+    assert!(!r["unshare"].contains(eperm), "{r:?}");
+
+    for inst in [filtered, open] {
+        stop(&mut vm, inst.instance);
+    }
     vm.shutdown().or_panic("shutdown");
 }
