@@ -20,7 +20,7 @@ ACCEL		?= tcg
 
 export BUILD
 
-.PHONY: all deps kernel module guest-programs hotmemctl initramfs guest check check-series demo bench \
+.PHONY: all deps kernel module guest-programs hotmemctl initramfs guest check check-series soak demo bench \
 	kernel-debug module-debug initramfs-debug guest-debug lint clean distclean help
 
 all: guest hotmemctl
@@ -33,6 +33,7 @@ help:
 	@echo "make guest-debug  the same with the debug kernel (lockdep, DEBUG_VM, KFENCE) in build/guest-debug"
 	@echo "make check      unit tests, lints and VM tests (what CI runs)"
 	@echo "make check-series  compile what each patch touches, patch by patch"
+	@echo "make soak       1000 plug/bind/exit/unplug cycles next to a bystander (SOAK_CYCLES=N)"
 	@echo "make demo       scale instances up/down on HotMem and vanilla guests, side by side"
 	@echo "                (a fresh private run directory under build/demo each time)"
 	@echo "make bench      the paper's experiments, HotMem vs vanilla (BENCH_FLAGS=--quick)"
@@ -98,6 +99,15 @@ check: deps
 
 check-series: kernel
 	@scripts/check-series-compile.sh
+	@scripts/check-bloat.sh
+
+# Not part of `make check`: ~1000 cycles take tens of minutes under TCG.
+SOAK_CYCLES	?= 1000
+
+soak: deps guest
+	@HOTMEM_KERNEL=$(GUEST)/bzImage HOTMEM_INITRD=$(GUEST)/initramfs.cpio.gz \
+		HOTMEM_ACCEL=$(ACCEL) HOTMEM_SOAK_CYCLES=$(SOAK_CYCLES) \
+		$(CARGO) test --quiet -p hotmem-vmtests --test soak -- --include-ignored --nocapture
 
 demo: deps guest hotmemctl
 	@$(HOTMEMCTL) demo --kernel $(GUEST)/bzImage --initrd $(GUEST)/initramfs.cpio.gz \

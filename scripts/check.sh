@@ -62,11 +62,13 @@ step "guest build" make --no-print-directory guest
 step "series: every patch compiles on its own" scripts/check-series-compile.sh
 step "series: top-level mm/, include/ and Documentation/ copies equal the series" \
 	scripts/check-series-files.sh
+step "series: no growth with CONFIG_HOTMEM=n (bloat-o-meter)" scripts/check-bloat.sh
 if [ -f "$build/guest/bzImage" ] && [ -f "$build/guest/initramfs.cpio.gz" ]; then
 	HOTMEM_KERNEL=$build/guest/bzImage \
 	HOTMEM_INITRD=$build/guest/initramfs.cpio.gz \
 	HOTMEM_ACCEL=${ACCEL:-tcg} \
-		cargo_tests "vm tests" -p hotmem-vmtests -- --include-ignored --test-threads=1
+		cargo_tests "vm tests" -p hotmem-vmtests -- --include-ignored --test-threads=1 \
+			--skip hotmem_soak
 else
 	failed=$((failed + 1))
 	failures+=("vm tests (no guest)")
