@@ -452,7 +452,8 @@ fn kselftest(vm: &mut Vm, name: &str, tests: usize) {
 /// KSM.  The kselftest `hotmem_escape` checks every page's pfn against the
 /// partition and its data byte for byte; its unbound controls show that
 /// the same mbind() moves memory and ksmd merges.  Nothing may be skipped.
-/// `hotmem_abi` then feeds the prctl and sysfs bad input.  Afterwards both
+/// `hotmem_abi` then feeds the prctl and sysfs bad input, and `hotmem_race`
+/// races binders against offlining the blocks for 30 s.  Afterwards both
 /// partitions unplug on the fast path: no page of an instance was left
 /// behind.
 #[test]
@@ -472,6 +473,7 @@ fn hotmem_bound_memory_never_escapes_its_partition() {
 
     kselftest(&mut vm, "hotmem_escape", 6);
     kselftest(&mut vm, "hotmem_abi", 8);
+    kselftest(&mut vm, "hotmem_race", 1);
     assert!(vmstat(&mut vm, "hotmem_swapin_copy") > 0);
 
     vm.exec_ok(&["swapoff", "/dev/zram0"]).or_panic("swapoff");
