@@ -17,18 +17,19 @@
 //! and planner, the retry policy, sysfs parsing and errnos, and the
 //! driver's work itself (`driver::Vmem`, over the `driver::Env` trait).
 //! This file implements `Env` with `kernel::virtio` and `kernel::hotmem`,
-//! and holds the device, its work item and its sysfs files. It contains no
-//! `unsafe` code. See `Documentation/admin-guide/mm/hotmem-virtio-mem.rst`.
+//! and holds the device, its work item and its sysfs files. Its one
+//! `unsafe` block is the call that hands plugged memory to the kernel
+//! (`hotmem::add_partitions()`). See
+//! `Documentation/admin-guide/mm/hotmem-virtio-mem.rst`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use kernel::{
-    c_str, fmt, hotmem,
+    c_str, hotmem,
     prelude::*,
-    str::CString,
     sync::{Arc, CondVar, Mutex},
     time::{self, Ktime},
     types::ARef,
@@ -36,27 +37,17 @@ use kernel::{
     workqueue::{self, Work, WorkItem},
 };
 
-#[path = "logic/wire.rs"]
-pub mod wire;
+#[path = "logic/mod.rs"]
+pub mod logic;
 
-#[path = "logic/partition.rs"]
-pub mod partition;
-
-#[path = "logic/retry.rs"]
-pub mod retry;
-
-#[path = "logic/control.rs"]
-pub mod control;
-
-#[path = "logic/driver.rs"]
-pub mod driver;
+use logic::{control, driver, partition, wire};
 
 use control::Refusal;
 use driver::{
     Env, KernelState, Level, ProbeError, RemoveError, RequestError, UnplugFailure, Value, Vmem,
 };
 use partition::PartState;
-use wire::{Config, Geometry, Request, Response};
+use wire::{Config, ConfigField, Geometry, Request, Response};
 
 module! {
     type: HotMemVirtioMem,
@@ -66,6 +57,15 @@ module! {
     license: "GPL",
 }
 
+kernel::virtio_device_table!(
+    VMEM_IDS,
+    hotmem_virtio_mem,
+    [virtio::DeviceId::new(virtio::ids::MEM, virtio::ANY_VENDOR),]
+);
+
+/// The module: its own `init` (not `module_virtio_driver!`), which refuses
+/// to load when HotMem is off so that udev, which loads every module with a
+/// `virtio:d00000018v*` alias, leaves the device to the C driver.
 struct HotMemVirtioMem {
     _reg: virtio::Registration<VmemDriver>,
 }
@@ -96,18 +96,53 @@ impl Drop for HotMemVirtioMem {
 
 /// The device and the kernel for `driver::Vmem`.
 struct KernelEnv<'a> {
-    dev: &'a virtio::Device,
+    transport: &'a virtio::Transport,
+    /// The configuration as read at probe: its fixed fields are not read
+    /// again.
+    fixed: Config,
     vq: &'a mut virtio::Virtqueue,
     index: u32,
     nid: i32,
     partition_size: u64,
-    resource: &'static CStr,
 }
 
-fn read_config(dev: &virtio::Device) -> Result<Config> {
-    let mut buf = [0u8; wire::CONFIG_SIZE];
-    dev.read_config(0, &mut buf)?;
-    Config::decode(&buf).map_err(|_| EIO)
+/// The resource name of the memory the driver adds (the kernel copies it).
+const RESOURCE_NAME: &CStr = c_str!("System RAM (hotmem_virtio_mem)");
+
+/// How long a request may wait for the device's answer. QEMU answers at
+/// once (BUSY during a migration); a device that does not answer in time
+/// leaves the partition unknown until a STATE query answers.
+const REQUEST_TIMEOUT_MS: u32 = 10_000;
+
+/// Reads the whole configuration space, each field with its own width, in
+/// one consistent snapshot (retried while the device's configuration
+/// generation changes): 7 field reads and 2 generation reads.
+fn read_full_config(transport: &virtio::Transport) -> Result<Config> {
+    transport.read_config(|r| {
+        Ok(Config {
+            block_size: r.read(ConfigField::BlockSize.offset())?,
+            node_id: r.read(ConfigField::NodeId.offset())?,
+            addr: r.read(ConfigField::Addr.offset())?,
+            region_size: r.read(ConfigField::RegionSize.offset())?,
+            usable_region_size: r.read(ConfigField::UsableRegionSize.offset())?,
+            plugged_size: r.read(ConfigField::PluggedSize.offset())?,
+            requested_size: r.read(ConfigField::RequestedSize.offset())?,
+        })
+    })
+}
+
+/// Reads the fields that change (`usable_region_size`, `plugged_size`,
+/// `requested_size`) consistently, as virtio_mem's C driver does: 3 field
+/// reads and 2 generation reads; the others are those of `fixed`.
+fn read_dynamic_config(transport: &virtio::Transport, fixed: Config) -> Result<Config> {
+    transport.read_config(|r| {
+        Ok(Config {
+            usable_region_size: r.read(ConfigField::UsableRegionSize.offset())?,
+            plugged_size: r.read(ConfigField::PluggedSize.offset())?,
+            requested_size: r.read(ConfigField::RequestedSize.offset())?,
+            ..fixed
+        })
+    })
 }
 
 impl KernelEnv<'_> {
@@ -124,17 +159,20 @@ impl Env for KernelEnv<'_> {
     type Error = Error;
 
     fn read_config(&mut self) -> Result<Config> {
-        read_config(self.dev)
+        read_dynamic_config(self.transport, self.fixed)
     }
 
     fn request(&mut self, request: Request) -> Result<Response, RequestError<Error>> {
-        let mut resp = [0u8; wire::RESPONSE_SIZE];
-        let len = self
+        let mut resp = Response::UNWRITTEN;
+        // The used length is not trusted (see `Response::UNWRITTEN`).
+        let _used = self
             .vq
-            .request(&request.to_bytes(), &mut resp)
-            .map_err(RequestError::NotSent)?;
-        let bytes = resp.get(..len).unwrap_or(&[]);
-        Response::decode(bytes, request.request_type()).map_err(RequestError::BadResponse)
+            .request(&request.to_bytes(), &mut resp, REQUEST_TIMEOUT_MS)
+            .map_err(|e| match e {
+                virtio::RequestError::NotSent(e) => RequestError::NotSent(e),
+                virtio::RequestError::NoAnswer(e) => RequestError::NoAnswer(e),
+            })?;
+        Response::decode(&resp, request.request_type()).map_err(RequestError::BadResponse)
     }
 
     fn now_us(&mut self) -> u64 {
@@ -142,7 +180,15 @@ impl Env for KernelEnv<'_> {
     }
 
     fn add(&mut self, addr: u64, size: u64) -> Result {
-        hotmem::add_partitions(self.nid, addr, size, self.resource)
+        // SAFETY: `driver::Vmem` adds only partitions of this device's
+        // region, which the driver reserved exclusively (`hotmem::Region`),
+        // after the device ACKed their PLUG; they stay plugged until the
+        // driver has removed them again (`Env::remove`) before it sends
+        // their UNPLUG, and nothing else adds memory there.
+        #[allow(unsafe_code)]
+        unsafe {
+            hotmem::add_partitions(self.nid, addr, size, RESOURCE_NAME)
+        }
     }
 
     fn remove(&mut self, addr: u64, size: u64) -> Result<(), RemoveError<Error>> {
@@ -199,12 +245,16 @@ struct Inner {
 #[pin_data]
 struct VmemDev {
     dev: ARef<virtio::Device>,
+    transport: virtio::Transport,
+    /// The configuration read at probe, for its fixed fields.
+    fixed: Config,
     geometry: Geometry,
     nid: i32,
-    /// Resource name of the added memory; leaked, because memory of bound
-    /// partitions may stay added after the driver is gone.
-    resource: &'static CStr,
     dying: AtomicBool,
+    /// Orders the kicks of process context (notifier, sysfs) with removal:
+    /// none queues the work once removal has set `dying`.
+    #[pin]
+    kick_lock: Mutex<()>,
     /// Set by every kick; a work step that must wait (BUSY) does not wait
     /// if it is set.
     kicked: AtomicBool,
@@ -243,38 +293,45 @@ fn kick(vmem: &Arc<VmemDev>) {
     let _ = workqueue::system_long().enqueue(vmem.clone());
 }
 
+/// [`kick`] from process context.
+fn kick_process(vmem: &Arc<VmemDev>) {
+    let _guard = vmem.kick_lock.lock();
+    kick(vmem);
+}
+
 /// HotMem notifier handler: a partition lost its last user.
 struct Kick(Arc<VmemDev>);
 
 impl hotmem::ReleaseHandler for Kick {
     fn partitions_released(&self) {
-        kick(&self.0);
+        kick_process(&self.0);
     }
 }
 
-/// The per-device data the virtio abstraction keeps.
-struct DevData {
-    notifier: Option<Pin<KBox<hotmem::Notifier<Kick>>>>,
-    vmem: Arc<VmemDev>,
+/// Where a device's state lives while the driver is bound.
+struct Site<'a> {
+    dev: &'a virtio::Device,
+    transport: &'a virtio::Transport,
+    fixed: Config,
+    geometry: Geometry,
+    nid: i32,
 }
 
 /// Runs `f` on the driver's view of the device and its environment.
 fn with_vmem<R>(
-    dev: &virtio::Device,
-    geometry: Geometry,
-    nid: i32,
-    resource: &'static CStr,
+    site: &Site<'_>,
     inner: &mut Inner,
     f: impl FnOnce(&mut Vmem<'_>, &mut KernelEnv<'_>) -> R,
 ) -> Result<R> {
     let Inner { vq, parts, st, .. } = inner;
+    let geometry = site.geometry;
     let mut env = KernelEnv {
-        dev,
+        transport: site.transport,
+        fixed: site.fixed,
         vq,
-        index: dev.index(),
-        nid,
+        index: site.dev.index(),
+        nid: site.nid,
         partition_size: geometry.partition_size(),
-        resource,
     };
     // `parts` has `geometry.nr_partitions()` entries (see probe).
     let mut vmem = Vmem::new(geometry, parts, st).map_err(|_| EINVAL)?;
@@ -282,16 +339,19 @@ fn with_vmem<R>(
 }
 
 impl VmemDev {
+    fn site(&self) -> Site<'_> {
+        Site {
+            dev: &self.dev,
+            transport: &self.transport,
+            fixed: self.fixed,
+            geometry: self.geometry,
+            nid: self.nid,
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Vmem<'_>, &mut KernelEnv<'_>) -> R) -> Result<R> {
         let mut inner = self.inner.lock();
-        with_vmem(
-            &self.dev,
-            self.geometry,
-            self.nid,
-            self.resource,
-            &mut inner,
-            f,
-        )
+        with_vmem(&self.site(), &mut inner, f)
     }
 
     /// Moves the plugged size toward the device's request. When the device
@@ -307,18 +367,11 @@ impl VmemDev {
                 return;
             }
             self.kicked.store(false, Ordering::Release);
-            let retry = with_vmem(
-                &self.dev,
-                self.geometry,
-                self.nid,
-                self.resource,
-                &mut inner,
-                |v, env| {
-                    let r = v.round(env, memory_block);
-                    Self::log_round(v, env, &r);
-                    r.retry_ms
-                },
-            );
+            let retry = with_vmem(&self.site(), &mut inner, |v, env| {
+                let r = v.round(env, memory_block);
+                Self::log_round(v, env, &r);
+                r.retry_ms
+            });
             let Ok(Some(ms)) = retry else {
                 return;
             };
@@ -394,7 +447,7 @@ impl VmemDev {
     /// region unless memory is left added in it.
     fn teardown(&self) {
         let mut inner = self.inner.lock();
-        let _ = with_vmem(&self.dev, self.geometry, self.nid, self.resource, &mut inner, |v, env| {
+        let _ = with_vmem(&self.site(), &mut inner, |v, env| {
             let c = v.teardown(env);
             if c.bound > 0 || c.online > 0 || c.plugged > 0 || c.failed > 0 {
                 env.log(
@@ -431,7 +484,15 @@ fn unplug_errno(e: UnplugFailure<Error>) -> Error {
     }
 }
 
-struct VmemDriver;
+/// The driver's data of one bound device.
+#[pin_data]
+struct VmemDriver {
+    /// First: unregistered (waiting for a running handler) before the
+    /// device goes.
+    #[pin]
+    notifier: hotmem::Notifier<Kick>,
+    vmem: Arc<VmemDev>,
+}
 
 /// Attributes `0..NR_VALUES` are the single-value files `Value::ALL`, in
 /// that order (checked at build time below); the others follow.
@@ -476,7 +537,7 @@ const fn same_name(c: &CStr, s: &str) -> bool {
 }
 
 /// Fails the build unless the value attributes are named and ordered as
-/// `Value::ALL` (evaluated in `VmemDriver::show`).
+/// `Value::ALL`.
 const fn check_attributes() {
     let attrs = <VmemDriver as virtio::Driver>::ATTRIBUTES;
     assert!(attrs.len() == NR_VALUES + 3);
@@ -490,14 +551,133 @@ const fn check_attributes() {
     assert!(same_name(attrs[ATTR_UNPLUG_FREE].name, "unplug_free"));
 }
 
-impl virtio::Driver for VmemDriver {
-    type Data = KBox<DevData>;
+/// Evaluated at build time where `show` uses it: a `const` item rather than
+/// an inline `const {}` block, which needs rustc 1.79 (Linux 6.12 supports
+/// 1.78).
+const ATTRIBUTES_CHECKED: () = check_attributes();
 
+impl VmemDev {
+    /// Reads the device, reserves its region, syncs with the device (probe
+    /// half of `driver::Vmem`) and creates the device's state; no work is
+    /// queued yet.
+    fn new(dev: &virtio::Device, transport: &virtio::Transport) -> Result<Arc<Self>> {
+        let index = dev.index();
+        if hotmem::is_kdump_kernel() {
+            pr_info!(
+                "virtio{}: kdump kernel: not plugging or unplugging memory\n",
+                index
+            );
+            return Err(ENODEV);
+        }
+        let start = Ktime::ktime_get();
+        let config = read_full_config(transport)?;
+        let partition_size = hotmem::partition_bytes();
+        let geometry = config
+            .validate(hotmem::memory_block_bytes(), partition_size)
+            .map_err(|e| {
+                pr_err!(
+                    "virtio{}: cannot serve this device in partitions of {} MiB: {}\n",
+                    index,
+                    partition_size >> 20,
+                    e
+                );
+                EINVAL
+            })?;
+        let acpi_pxm = transport.has_feature(wire::VIRTIO_MEM_F_ACPI_PXM)?;
+        let unplugged_inaccessible =
+            transport.has_feature(wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE)?;
+        let nid = hotmem::node_for(
+            acpi_pxm.then_some(config.node_id),
+            geometry.first_partition_addr(),
+        );
+        // Nothing but this driver's memory may be in the region: another
+        // driver's (virtio_mem's, left added when it was unloaded) must
+        // never be unplugged. Its reservation, or its memory, is in the way.
+        let region = hotmem::Region::reserve(config.addr, config.region_size, RESOURCE_NAME)
+            .map_err(|e| {
+                pr_err!(
+                    "virtio{}: cannot reserve the device region {:#x}+{:#x} ({:?}): memory of \
+                     another driver (virtio_mem?) is there; not binding. Reboot, or unload \
+                     that driver while it has no memory added\n",
+                    index,
+                    config.addr,
+                    config.region_size,
+                    e
+                );
+                e
+            })?;
+
+        let parts = KVec::from_elem(PartState::Unplugged, geometry.nr_partitions(), GFP_KERNEL)?;
+        let vq = transport.find_single_vq(c_str!("hotmem-vmem"))?;
+        transport.ready()?;
+        let mut inner = Inner {
+            vq,
+            parts,
+            st: driver::State::new(config),
+            region: Some(region),
+        };
+        let site = Site {
+            dev,
+            transport,
+            fixed: config,
+            geometry,
+            nid,
+        };
+        with_vmem(&site, &mut inner, |v, env| v.probe_sync(env))?.map_err(|e| {
+            pr_err!("virtio{}: not binding: {:?}\n", index, e);
+            match e {
+                ProbeError::Env(e) => e,
+                ProbeError::Device | ProbeError::Inconsistent => EIO,
+            }
+        })?;
+        // UNPLUG_ALL may have shrunk the usable region.
+        inner.st.config = read_dynamic_config(transport, config)?;
+        inner.st.last_op.latency_us =
+            u64::try_from((Ktime::ktime_get().to_ns() - start.to_ns()) / 1000).unwrap_or(0);
+
+        pr_info!(
+            "virtio{}: region {:#x}+{:#x}, {} partitions of {} MiB ({} blocks of {} KiB), node {}, \
+             requested {} MiB{}{}\n",
+            index,
+            config.addr,
+            config.region_size,
+            geometry.nr_partitions(),
+            partition_size >> 20,
+            geometry.blocks_per_partition(),
+            geometry.block_size() >> 10,
+            nid,
+            inner.st.config.requested_size >> 20,
+            if acpi_pxm { ", ACPI PXM" } else { "" },
+            if unplugged_inaccessible {
+                ", unplugged inaccessible"
+            } else {
+                ""
+            }
+        );
+
+        Arc::pin_init(
+            pin_init!(VmemDev {
+                dev: dev.into(),
+                transport: transport.clone(),
+                fixed: config,
+                geometry,
+                nid,
+                dying: AtomicBool::new(false),
+                kick_lock <- kernel::new_mutex!((), "VmemDev::kick_lock"),
+                kicked: AtomicBool::new(false),
+                inner <- kernel::new_mutex!(inner, "VmemDev::inner"),
+                wake <- kernel::new_condvar!("VmemDev::wake"),
+                work <- kernel::new_work!("VmemDev::work"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+}
+
+#[vtable]
+impl virtio::Driver for VmemDriver {
     const NAME: &'static CStr = c_str!("hotmem_virtio_mem");
-    const ID_TABLE: &'static [virtio::DeviceId] = &[virtio::DeviceId {
-        device: virtio::ids::MEM,
-        vendor: virtio::ANY_VENDOR,
-    }];
+    const ID_TABLE: &'static [virtio::DeviceId] = &VMEM_IDS;
     const FEATURES: &'static [u32] = &[
         wire::VIRTIO_MEM_F_ACPI_PXM,
         wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE,
@@ -528,171 +708,69 @@ impl virtio::Driver for VmemDriver {
         wo(c_str!("unplug_free")),
     ];
 
-    fn probe(dev: &virtio::Device) -> Result<KBox<DevData>> {
-        let index = dev.index();
-        let start = Ktime::ktime_get();
-        let config = read_config(dev)?;
-        let partition_size = hotmem::partition_bytes();
-        let geometry = config
-            .validate(hotmem::memory_block_bytes(), partition_size)
-            .map_err(|e| {
-                pr_err!(
-                    "virtio{}: cannot serve this device in partitions of {} MiB: {}\n",
-                    index,
-                    partition_size >> 20,
-                    e
-                );
-                EINVAL
-            })?;
-        let acpi_pxm = dev.has_feature(wire::VIRTIO_MEM_F_ACPI_PXM);
-        let nid = hotmem::node_for(
-            acpi_pxm.then_some(config.node_id),
-            geometry.first_partition_addr(),
-        );
-        let name = CString::try_from_fmt(fmt!("System RAM (hotmem_virtio_mem)"))?;
-        let resource: &'static CString = KBox::leak(KBox::new(name, GFP_KERNEL)?);
-        // Nothing but this driver's memory may be in the region: another
-        // driver's (virtio_mem's, left added when it was unloaded) must
-        // never be unplugged. Its reservation, or its memory, is in the way.
-        let region = hotmem::Region::reserve(config.addr, config.region_size, resource).map_err(
-            |e| {
-                pr_err!(
-                    "virtio{}: cannot reserve the device region {:#x}+{:#x} ({:?}): memory of \
-                     another driver (virtio_mem?) is there; not binding. Reboot, or unload \
-                     that driver while it has no memory added\n",
-                    index,
-                    config.addr,
-                    config.region_size,
-                    e
-                );
-                e
-            },
-        )?;
-
-        let mut parts = KVec::with_capacity(geometry.nr_partitions(), GFP_KERNEL)?;
-        for _ in 0..geometry.nr_partitions() {
-            parts.push(PartState::Unplugged, GFP_KERNEL)?;
-        }
-        let vq = dev.find_single_vq(c_str!("hotmem-vmem"))?;
-        dev.ready();
-        let mut inner = Inner {
-            vq,
-            parts,
-            st: driver::State::new(config),
-            region: Some(region),
-        };
-        with_vmem(dev, geometry, nid, resource, &mut inner, |v, env| {
-            v.probe_sync(env)
-        })?
-        .map_err(|e| {
-            pr_err!("virtio{}: not binding: {:?}\n", index, e);
-            match e {
-                ProbeError::Env(e) => e,
-                ProbeError::Device | ProbeError::Inconsistent => EIO,
-            }
-        })?;
-        // UNPLUG_ALL may have shrunk the usable region.
-        inner.st.config = read_config(dev)?;
-        inner.st.last_op.latency_us =
-            u64::try_from((Ktime::ktime_get().to_ns() - start.to_ns()) / 1000).unwrap_or(0);
-
-        pr_info!(
-            "virtio{}: region {:#x}+{:#x}, {} partitions of {} MiB ({} blocks of {} KiB), node {}, \
-             requested {} MiB{}{}\n",
-            index,
-            config.addr,
-            config.region_size,
-            geometry.nr_partitions(),
-            partition_size >> 20,
-            geometry.blocks_per_partition(),
-            geometry.block_size() >> 10,
-            nid,
-            inner.st.config.requested_size >> 20,
-            if acpi_pxm { ", ACPI PXM" } else { "" },
-            if dev.has_feature(wire::VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE) {
-                ", unplugged inaccessible"
-            } else {
-                ""
-            }
-        );
-
-        let vmem = Arc::pin_init(
-            pin_init!(VmemDev {
-                dev: dev.into(),
-                geometry,
-                nid,
-                resource,
-                dying: AtomicBool::new(false),
-                kicked: AtomicBool::new(false),
-                inner <- kernel::new_mutex!(inner, "VmemDev::inner"),
-                wake <- kernel::new_condvar!("VmemDev::wake"),
-                work <- kernel::new_work!("VmemDev::work"),
-            }),
-            GFP_KERNEL,
-        )?;
+    fn probe(dev: &virtio::Device, transport: &virtio::Transport) -> impl PinInit<Self, Error> {
         // Everything that can fail comes before anything that can run the
-        // work: if probe fails, the core frees the device's state, which
-        // queued work would still use.
-        let mut data = KBox::new(
-            DevData {
-                notifier: None,
-                vmem,
-            },
-            GFP_KERNEL,
-        )?;
-        data.notifier = Some(hotmem::Notifier::register(Kick(data.vmem.clone()))?);
-        kick(&data.vmem);
-        Ok(data)
+        // work: the notifier is registered last and the work kicked once the
+        // data is in place.
+        let vmem = VmemDev::new(dev, transport);
+        try_pin_init!(Self {
+            notifier <- hotmem::Notifier::new(Kick(vmem.as_ref().map_err(|e| *e)?.clone())),
+            vmem: vmem?,
+        }? Error)
+        .pin_chain(|this| {
+            kick(&this.vmem);
+            Ok(())
+        })
     }
 
-    fn remove(_dev: &virtio::Device, mut data: KBox<DevData>) {
-        let vmem = data.vmem.clone();
+    fn remove(_dev: &virtio::Device, this: Pin<&Self>) {
+        let vmem = &this.vmem;
         {
+            // No kick queues the work from here on: config changes and sysfs
+            // are already off, the notifier's kicks take `kick_lock`.
+            let _kicks = vmem.kick_lock.lock();
             // Under the lock, so that a work step about to wait sees it or
             // is woken.
             let _guard = vmem.inner.lock();
             vmem.dying.store(true, Ordering::Release);
             vmem.wake.notify_all();
         }
-        // No more kicks from the notifier (config changes and sysfs are
-        // already off), then wait for the work.
-        data.notifier = None;
         vmem.work.flush();
         vmem.teardown();
-        drop(data);
-        // Dropping the last reference resets the device and deletes its
+        // Then the abstraction drops the data (unregistering the notifier),
+        // revokes the transport, resets the device and deletes its
         // virtqueue.
-        drop(vmem);
     }
 
-    fn config_changed(_dev: &virtio::Device, data: &DevData) {
-        kick(&data.vmem);
+    fn config_changed(_dev: &virtio::Device, this: Pin<&Self>) {
+        kick(&this.vmem);
     }
 
-    fn show(data: &DevData, index: usize, buf: &mut virtio::SysfsBuf<'_>) -> Result {
-        const { check_attributes() };
+    fn show(this: Pin<&Self>, index: usize, buf: &mut virtio::SysfsBuf<'_>) -> Result {
+        #[allow(clippy::let_unit_value)]
+        let () = ATTRIBUTES_CHECKED;
         let r = match index {
-            ATTR_PARTITIONS => data.vmem.show_partitions(buf)?,
+            ATTR_PARTITIONS => this.vmem.show_partitions(buf)?,
             _ => {
                 let value = *Value::ALL.get(index).ok_or(EINVAL)?;
-                data.vmem.show_value(value, buf)?
+                this.vmem.show_value(value, buf)?
             }
         };
         r.map_err(|_| E2BIG)
     }
 
-    fn store(data: &DevData, index: usize, input: &[u8]) -> Result {
+    fn store(this: Pin<&Self>, index: usize, input: &[u8]) -> Result {
         let n = control::parse_decimal(input).map_err(|_| EINVAL)?;
         let r = match index {
-            ATTR_UNPLUG => data.vmem.with(|v, env| v.unplug_id(env, n))?,
+            ATTR_UNPLUG => this.vmem.with(|v, env| v.unplug_id(env, n))?,
             ATTR_UNPLUG_FREE => {
                 let n = usize::try_from(n).map_err(|_| EINVAL)?;
-                data.vmem.with(|v, env| v.unplug_free(env, n))?
+                this.vmem.with(|v, env| v.unplug_free(env, n))?
             }
             _ => return Err(EINVAL),
         };
         // A BUSY device finishes the unplug from the work, with backoff.
-        kick(&data.vmem);
+        kick_process(&this.vmem);
         r.map_err(unplug_errno)
     }
 }

@@ -547,3 +547,79 @@ fn rust_driver_retries_busy_during_a_migration() {
         .or_panic("migrate_cancel");
     vm.shutdown().or_panic("shutting down");
 }
+
+/// The module carries the device table (`MODULE_DEVICE_TABLE(virtio, ...)`):
+/// modpost gave it a `virtio:d00000018v*` alias, and loading the device's
+/// modalias, as udev does on its uevent, loads it and binds the device.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_autoloads_from_its_device_table() {
+    let mut vm = Vm::boot(&driver_config("rust_driver_autoload", true))
+        .or_panic("booting a hotmem=on guest");
+    let modalias = vm
+        .read_file("/sys/bus/virtio/devices/virtio1/modalias")
+        .or_panic("reading the device's modalias");
+    let modalias = modalias.trim();
+    assert!(modalias.starts_with("virtio:d00000018v"), "{modalias}");
+    let aliases = vm
+        .exec_ok(&["sh", "-c", "cat /lib/modules/$(uname -r)/modules.alias"])
+        .or_panic("modules.alias")
+        .stdout;
+    assert!(
+        aliases
+            .lines()
+            .any(|l| l == format!("alias virtio:d00000018v* {MODULE}")),
+        "no virtio-mem alias for {MODULE}:\n{aliases}"
+    );
+    // Only this driver for the alias: the C virtio_mem's alias would make
+    // the modprobe below load it too.
+    vm.exec_ok(&[
+        "sh",
+        "-c",
+        "sed -i '/ virtio_mem$/d' /lib/modules/$(uname -r)/modules.alias",
+    ])
+    .or_panic("dropping virtio_mem's alias");
+    vm.exec_ok(&["modprobe", modalias])
+        .or_panic("modprobe of the modalias");
+    let lsmod = vm
+        .exec_ok(&["cat", "/proc/modules"])
+        .or_panic("lsmod")
+        .stdout;
+    assert!(lsmod.contains(MODULE), "{MODULE} not loaded:\n{lsmod}");
+    let driver = vm
+        .exec_ok(&["readlink", "/sys/bus/virtio/devices/virtio1/driver"])
+        .or_panic("the device's driver")
+        .stdout;
+    assert!(driver.trim().ends_with(MODULE), "bound to {driver}");
+    resize(&mut vm, PARTITION);
+    vm.shutdown().or_panic("shutting down");
+}
+
+/// Removing the module while it unplugs 1 GiB returns within a bounded
+/// time, leaves nothing plugged that is free, and the module loads again.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_rmmod_during_a_large_unplug_returns_soon() {
+    let mut vm = Vm::boot(&driver_config("rust_driver_rmmod_unplug", true))
+        .or_panic("booting a hotmem=on guest");
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    resize(&mut vm, 8 * PARTITION);
+    vm.set_requested_size(0).or_panic("requesting 0");
+    let t = Instant::now();
+    vm.exec_ok(&["rmmod", MODULE])
+        .or_panic("rmmod during the unplug");
+    let took = t.elapsed();
+    eprintln!("rmmod during a 1 GiB unplug took {took:?}");
+    assert!(took < Duration::from_secs(30), "rmmod took {took:?}");
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), 0);
+    assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
+    let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    assert!(
+        !dmesg.contains("BUG") && !dmesg.contains("WARNING"),
+        "{dmesg}"
+    );
+    vm.exec_ok(&["modprobe", MODULE])
+        .or_panic("modprobe after rmmod");
+    resize(&mut vm, PARTITION);
+    vm.shutdown().or_panic("shutting down");
+}
