@@ -187,3 +187,70 @@ fn seccomp_filter_refuses_binding_with_eperm() {
         );
     }
 }
+
+/// Set by [`seccomp_filter_refuses_ptrace`] for [`ptrace_probe`]: `1` if
+/// the probe runs under the filter, `0` if not.
+const PROBE_FILTERED: &str = "HOTMEM_PROBE_FILTERED";
+
+/// `ptrace(2)` and `process_vm_readv(2)`, run by
+/// [`seccomp_filter_refuses_ptrace`] through `hotmem-run` with and without
+/// the filter: with it both answer `EPERM`; without, `PTRACE_PEEKDATA` of a
+/// process it does not trace answers `ESRCH` and reading its own memory
+/// works.
+#[test]
+#[ignore = "run by seccomp_filter_refuses_ptrace, with and without the filter"]
+fn ptrace_probe() {
+    use nix::errno::Errno;
+    use nix::sys::ptrace;
+    use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+    use nix::unistd::Pid;
+    use std::io::IoSliceMut;
+
+    let Ok(filtered) = std::env::var(PROBE_FILTERED) else {
+        eprintln!("only meaningful when run by seccomp_filter_refuses_ptrace");
+        return;
+    };
+    let peek = ptrace::read(Pid::from_raw(1), std::ptr::null_mut());
+    let source = [7u8];
+    let mut dest = [0u8];
+    let remote = [RemoteIoVec {
+        base: source.as_ptr() as usize,
+        len: 1,
+    }];
+    let read = process_vm_readv(Pid::this(), &mut [IoSliceMut::new(&mut dest)], &remote);
+    if filtered == "1" {
+        assert_eq!(peek, Err(Errno::EPERM));
+        assert_eq!(read, Err(Errno::EPERM));
+    } else {
+        assert_eq!(peek, Err(Errno::ESRCH));
+        assert_eq!((read, dest[0]), (Ok(1), 7));
+    }
+}
+
+#[test]
+fn seccomp_filter_refuses_ptrace() {
+    if !std::path::Path::new("/proc/sys/kernel/seccomp/actions_avail").exists() {
+        eprintln!("host kernel without seccomp filters");
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    for (filtered, flags) in [
+        ("1", &["--no-bind", "--seccomp"][..]),
+        ("0", &["--no-bind"][..]),
+    ] {
+        let out = Command::new(RUN)
+            .args(flags)
+            .arg("--")
+            .arg(&me)
+            .args(["--exact", "ptrace_probe", "--ignored", "--test-threads=1"])
+            .env(PROBE_FILTERED, filtered)
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "filtered={filtered}: {stdout}{}",
+            text(&out.stderr)
+        );
+    }
+}
