@@ -62,7 +62,6 @@ step "guest build" make --no-print-directory guest
 step "series: every patch compiles on its own" scripts/check-series-compile.sh
 step "series: top-level mm/, include/ and Documentation/ copies equal the series" \
 	scripts/check-series-files.sh
-step "series: no growth with CONFIG_HOTMEM=n (bloat-o-meter)" scripts/check-bloat.sh
 if [ -f "$build/guest/bzImage" ] && [ -f "$build/guest/initramfs.cpio.gz" ]; then
 	HOTMEM_KERNEL=$build/guest/bzImage \
 	HOTMEM_INITRD=$build/guest/initramfs.cpio.gz \
