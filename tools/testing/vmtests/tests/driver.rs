@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
 use hotmem_host::{Vm, VmConfig};
-use hotmem_vmtests::{config, meminfo, vmstat, OrPanic};
+use hotmem_vmtests::{config, has_or_skip, meminfo, vmstat, OrPanic};
 
 const MIB: u64 = 1 << 20;
 const PARTITION: u64 = 128 * MIB;
@@ -686,5 +686,108 @@ fn rust_driver_reads_few_configuration_fields_per_unplug() {
         generation > 0 && generation <= 2 * 4 * 2,
         "{generation} generation reads"
     );
+    vm.shutdown().or_panic("shutting down");
+}
+
+/// Allocation failures injected into probe (`failslab` and
+/// `fail_page_alloc`, filtered to the task that binds the device through
+/// sysfs, at increasing depths into the probe): each bind fails or succeeds
+/// cleanly and in bounded time, nothing is left behind (the device region
+/// is released — the next bind reserves it again — the device is unbound,
+/// and no notifier or work item outlives a failed probe or the module),
+/// the module unloads, and the kernel reports nothing. Needs the debug
+/// kernel (fault injection).
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_survives_allocation_failures_in_probe() {
+    let mut vm = Vm::boot(&driver_config("rust_driver_failslab", true))
+        .or_panic("booting a hotmem=on guest");
+    vm.exec(&["mount", "-t", "debugfs", "debugfs", "/sys/kernel/debug"])
+        .or_panic("mounting debugfs");
+    if !has_or_skip(&mut vm, "/sys/kernel/debug/failslab", "failslab") {
+        return;
+    }
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    let drv = format!("/sys/bus/virtio/drivers/{MODULE}");
+    vm.write_file(&format!("{drv}/unbind"), "virtio1")
+        .or_panic("unbinding");
+    let set = |vm: &mut Vm, knob: &str, value: &str| {
+        vm.write_file(knob, value)
+            .or_panic(&format!("writing {value} to {knob}"));
+    };
+    for attr in ["failslab", "fail_page_alloc"] {
+        let dir = format!("/sys/kernel/debug/{attr}");
+        set(&mut vm, &format!("{dir}/task-filter"), "Y");
+        set(&mut vm, &format!("{dir}/probability"), "100");
+        set(&mut vm, &format!("{dir}/interval"), "1");
+        set(&mut vm, &format!("{dir}/verbose"), "0");
+        set(&mut vm, &format!("{dir}/ignore-gfp-wait"), "N");
+    }
+    set(&mut vm, "/sys/kernel/debug/fail_page_alloc/min-order", "0");
+    let (mut bound, mut failed) = (0, 0);
+    for (attr, spaces) in [
+        (
+            "failslab",
+            &[
+                0u64, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096,
+            ][..],
+        ),
+        ("fail_page_alloc", &[0u64, 4096, 8192, 16384, 32768][..]),
+    ] {
+        let dir = format!("/sys/kernel/debug/{attr}");
+        for space in spaces {
+            set(&mut vm, &format!("{dir}/space"), &space.to_string());
+            set(&mut vm, &format!("{dir}/times"), "1");
+            let t = Instant::now();
+            let out = vm
+                .exec(&[
+                    "sh",
+                    "-c",
+                    &format!("echo 1 >/proc/self/make-it-fail && echo virtio1 >{drv}/bind"),
+                ])
+                .or_panic("binding with a failing allocation");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "bind took {:?}",
+                t.elapsed()
+            );
+            set(&mut vm, &format!("{dir}/times"), "0");
+            let is_bound = vm
+                .exec(&["test", "-e", "/sys/bus/virtio/devices/virtio1/driver"])
+                .or_panic("test -e")
+                .success();
+            assert_eq!(is_bound, out.success(), "{attr} space {space}: {out:?}");
+            if is_bound {
+                bound += 1;
+                vm.write_file(&format!("{drv}/unbind"), "virtio1")
+                    .or_panic("unbinding");
+            } else {
+                failed += 1;
+            }
+            assert_eq!(vm.plugged_size().or_panic("plugged size"), 0);
+        }
+    }
+    eprintln!("{failed} binds failed, {bound} succeeded");
+    assert!(failed > 0, "no injected failure made a bind fail");
+    // Nothing left behind: the region is free again, and the driver works.
+    vm.write_file(&format!("{drv}/bind"), "virtio1")
+        .or_panic("binding without faults");
+    resize(&mut vm, 2 * PARTITION);
+    start_bound(&mut vm, "failslab");
+    stop_bound(&mut vm);
+    wait_plugged(&mut vm, 2 * PARTITION);
+    vm.exec_ok(&["rmmod", MODULE]).or_panic("rmmod");
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), 0);
+    let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    for bad in [
+        "BUG",
+        "WARNING",
+        "kfence",
+        "Oops",
+        "refcount_t",
+        "corruption",
+    ] {
+        assert!(!dmesg.contains(bad), "dmesg has {bad}:\n{dmesg}");
+    }
     vm.shutdown().or_panic("shutting down");
 }
