@@ -16,7 +16,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hotmem_units::{parse_duration, parse_size_nonzero};
 
-const PAGE: usize = 4096;
+use hotmem_workloads::{Mapping, PAGE};
 
 /// Page-cache reads, a private file mapping and a forked child.
 #[derive(Debug, Parser)]
@@ -110,57 +110,15 @@ fn read_file(args: &Args) -> Result<u64, Error> {
     Ok(sum)
 }
 
-/// A mapping, unmapped on drop.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    /// `MAP_PRIVATE` of `fd` (or anonymous if `fd` is `None`).
-    fn new(len: usize, fd: Option<i32>) -> Result<Self, Error> {
-        let flags = libc::MAP_PRIVATE | if fd.is_none() { libc::MAP_ANONYMOUS } else { 0 };
+/// Writes one byte per page (faults each page in, COW for files).
+fn touch(map: &mut Mapping, value: u8) {
+    for page in map.bytes().chunks_mut(PAGE) {
+        // Volatile: the write is the point, not the value.
         #[allow(unsafe_code)]
-        // SAFETY: a fresh private mapping at an address of the kernel's
-        // choosing aliases nothing of ours.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd.unwrap_or(-1),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Io(
-                format!("mmap {len} bytes"),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Self { ptr, len })
-    }
-
-    /// Writes one byte per page (faults each page in, COW for files).
-    fn touch(&mut self, value: u8) {
-        for off in (0..self.len).step_by(PAGE) {
-            #[allow(unsafe_code)]
-            // SAFETY: off < len, inside our writable mapping.
-            unsafe {
-                self.ptr.cast::<u8>().add(off).write_volatile(value)
-            };
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        #[allow(unsafe_code)]
-        // SAFETY: unmapping exactly what new() mapped.
+        // SAFETY: a valid, exclusive reference to a byte of the mapping.
         unsafe {
-            libc::munmap(self.ptr, self.len);
-        }
+            std::ptr::write_volatile(&mut page[0], value)
+        };
     }
 }
 
@@ -174,9 +132,9 @@ fn fork_child(anon: usize) -> Result<(), Error> {
         return Err(Error::Io("fork".into(), std::io::Error::last_os_error()));
     }
     if pid == 0 {
-        let code = match Mapping::new(anon, None) {
+        let code = match Mapping::anonymous(anon) {
             Ok(mut m) => {
-                m.touch(3);
+                touch(&mut m, 3);
                 0
             }
             Err(_) => 1,
@@ -208,8 +166,9 @@ fn run(args: &Args) -> Result<String, Error> {
         .read(true)
         .open(&args.file)
         .map_err(io(format!("open {}", args.file.display())))?;
-    let mut private = Mapping::new(args.file_size, Some(file.as_raw_fd()))?;
-    private.touch(7);
+    let mut private = Mapping::private_file(args.file_size, file.as_fd())
+        .map_err(io(format!("mmap {} bytes", args.file_size)))?;
+    touch(&mut private, 7);
     fork_child(args.anon)?;
     let took = start.elapsed();
     std::thread::sleep(args.hold);

@@ -21,13 +21,12 @@
 //! request), so a host can see how a co-located scale-down affects it.
 
 use std::process::ExitCode;
-use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hotmem_units::{parse_duration, parse_size_nonzero};
 
-const PAGE: usize = 4096;
+use hotmem_workloads::{Mapping, PAGE};
 
 /// Allocate and touch anonymous memory.
 #[derive(Debug, Parser)]
@@ -90,88 +89,19 @@ enum Advice {
     NoHuge,
 }
 
-/// A private anonymous mapping, unmapped on drop.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize, advice: Option<Advice>) -> Result<Self, Error> {
-        #[allow(unsafe_code)]
-        // SAFETY: an anonymous private mapping at an address of the
-        // kernel's choosing aliases nothing.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Mmap(len, std::io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| Error::Mmap(len, std::io::Error::other("null mapping")))?;
-        let map = Self { ptr, len };
-        if let Some(advice) = advice {
-            map.advise(advice)?;
-        }
-        Ok(map)
-    }
-
-    /// Injects a memory failure into the first page.
-    fn poison_first_page(&self) -> Result<(), Error> {
-        #[allow(unsafe_code)]
-        // SAFETY: the first page is ours and mapped; the kernel unmaps it
-        // and signals us, no reference into it is live in this program.
-        let ret = unsafe { libc::madvise(self.ptr.as_ptr().cast(), PAGE, libc::MADV_HWPOISON) };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(Error::Hwpoison(std::io::Error::last_os_error()))
-        }
-    }
-
-    /// madvise() over the whole mapping. A kernel without it (tinyconfig
-    /// leaves the syscall out) fails here rather than run another test.
-    fn advise(&self, advice: Advice) -> Result<(), Error> {
+/// The anonymous mapping of `len` bytes, with `advice` over all of it.
+/// A kernel without madvise() (tinyconfig leaves the syscall out) fails
+/// here rather than run another test.
+fn map(len: usize, advice: Option<Advice>) -> Result<Mapping, Error> {
+    let map = Mapping::anonymous(len).map_err(|e| Error::Mmap(len, e))?;
+    if let Some(advice) = advice {
         let (code, name) = match advice {
             Advice::Huge => (libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
             Advice::NoHuge => (libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE"),
         };
-        #[allow(unsafe_code)]
-        // SAFETY: advice on the range we mapped; it changes no contents.
-        let ret = unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, code) };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(Error::Madvise(name, std::io::Error::last_os_error()))
-        }
+        map.advise(len, code).map_err(|e| Error::Madvise(name, e))?;
     }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        #[allow(unsafe_code)]
-        // SAFETY: the mapping is valid for len bytes for as long as self,
-        // readable and writable, and only reachable through &mut self.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len)
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        #[allow(unsafe_code)]
-        // SAFETY: unmapping exactly what new() mapped; no reference outlives
-        // self.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
+    Ok(map)
 }
 
 fn touch(mem: &mut [u8], check_zero: bool) -> Result<(), Error> {
@@ -226,7 +156,7 @@ fn run(args: &Args) -> Result<Duration, Error> {
     } else {
         None
     };
-    let mut map = Mapping::new(args.size, advice)?;
+    let mut map = map(args.size, advice)?;
     let mem = map.bytes();
     touch(mem, args.check_zero)?;
     if let Some(byte) = args.fill {
@@ -236,10 +166,13 @@ fn run(args: &Args) -> Result<Duration, Error> {
         fork_and_touch(mem)?;
     }
     if args.collapse {
-        map.advise(Advice::Huge)?;
+        map.advise(args.size, libc::MADV_HUGEPAGE)
+            .map_err(|e| Error::Madvise("MADV_HUGEPAGE", e))?;
     }
     if args.hwpoison {
-        map.poison_first_page()?;
+        // The kernel unmaps the first page and signals us.
+        map.advise(PAGE, libc::MADV_HWPOISON)
+            .map_err(Error::Hwpoison)?;
     }
     let mem = map.bytes();
     let took = start.elapsed();

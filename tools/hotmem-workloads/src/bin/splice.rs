@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hotmem_units::parse_size_nonzero;
 
-const PAGE: usize = 4096;
+use hotmem_workloads::{Mapping, PAGE};
 
 /// Leave anonymous pages referenced by a pipe.
 #[derive(Debug, Parser)]
@@ -75,26 +75,11 @@ fn splice(args: &Args) -> Result<(), Error> {
     if unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) } < 0 {
         return Err(Error::PipeSize(args.size, std::io::Error::last_os_error()));
     }
-    // SAFETY: a fresh private anonymous mapping; no existing memory is
-    // affected. It is deliberately never unmapped: the process exits.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            args.size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(Error::Mmap(args.size, std::io::Error::last_os_error()));
-    }
-    // SAFETY: ptr is a writable mapping of args.size bytes, owned by us.
-    unsafe { std::ptr::write_bytes(ptr.cast::<u8>(), args.fill, args.size) };
+    let mut map = Mapping::anonymous(args.size).map_err(|e| Error::Mmap(args.size, e))?;
+    map.bytes().fill(args.fill);
     let iov = libc::iovec {
-        iov_base: ptr,
-        iov_len: args.size,
+        iov_base: map.as_ptr().cast(),
+        iov_len: map.len(),
     };
     // SAFETY: iov describes our mapping; vmsplice only reads it. Without
     // SPLICE_F_GIFT the pipe takes references to the pages.
@@ -106,6 +91,9 @@ fn splice(args: &Args) -> Result<(), Error> {
     if n != args.size {
         return Err(Error::Short(n, args.size));
     }
+    // The pipe holds the pages either way; the mapping simply lives until
+    // the process exits.
+    std::mem::forget(map);
     Ok(())
 }
 
