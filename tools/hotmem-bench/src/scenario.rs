@@ -545,6 +545,83 @@ mod tests {
         assert_eq!(report(Mode::Hotmem, &[]).mean_reclaim_ms(), None);
     }
 
+    /// A HotMem guest in memory: each plugged unit is a partition, bound
+    /// while an instance runs in it; instances touch all their memory at
+    /// once.
+    fn fake_hotmem_guest() -> hotmem_host::fake::FakeGuest {
+        use hotmem_proto::{InstanceState, Op};
+        use serde_json::json;
+        let mut running: Vec<u64> = Vec::new();
+        let mut next = 1;
+        hotmem_host::fake::FakeGuest::new(Box::new(move |op, dev| {
+            let partitions = |running: &[u64]| {
+                let parts: Vec<_> = (0..dev.plugged / UNIT)
+                    .map(|i| {
+                        let bound = (i as usize) < running.len();
+                        json!({"id": 32 + i, "state": if bound { "bound" } else { "free" },
+                               "users": u64::from(bound), "used_pages": 0, "online_blocks": 1})
+                    })
+                    .collect();
+                json!({"enabled": true, "partition_size": UNIT, "partitions": parts,
+                       "offline_blocks": 0})
+            };
+            let instance = |id: u64, state: InstanceState| {
+                json!({"instance": id, "pid": 100 + id, "argv": ["hotmem-memhog"],
+                       "partition": 31 + id, "state": state, "start_us": 0,
+                       "rss": 96 * MIB})
+            };
+            Some(match op {
+                Op::Partitions | Op::WaitFreePartitions(_) => partitions(&running),
+                Op::StartInstance(_) => {
+                    running.push(next);
+                    next += 1;
+                    instance(next - 1, InstanceState::Running)
+                }
+                Op::ListInstances => json!({"instances": running
+                    .iter()
+                    .map(|&id| instance(id, InstanceState::Running))
+                    .collect::<Vec<_>>()}),
+                Op::StopInstance(args) => {
+                    running.retain(|&id| id != args.instance);
+                    instance(args.instance, InstanceState::Exited)
+                }
+                Op::ReadFile(f) if f.path == "/proc/stat" => {
+                    json!({"data": "cpu  1 0 0 9 0 0 0 0\n"})
+                }
+                Op::ReadFile(_) => json!({"data": "MemTotal: 1048576 kB\nMemFree: 524288 kB\n"}),
+                _ => return None,
+            })
+        }))
+    }
+
+    #[test]
+    fn the_scenario_runs_on_any_guest() {
+        let mut guest = fake_hotmem_guest();
+        let params = ScenarioParams {
+            instances: 2,
+            instance_mem: 96 * MIB,
+            hotmem_driver: RUST_DRIVER.into(),
+        };
+        let (rows, _touch_ms) =
+            scale_steps(&mut guest, Mode::Hotmem, &params, &mut |_| {}).unwrap();
+        let steps: Vec<(&str, u64, Option<u64>, u64)> = rows
+            .iter()
+            .map(|r| (r.step, r.instance, r.partition, r.plugged / MIB))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("scale-up", 1, Some(32), 128),
+                ("scale-up", 2, Some(33), 256),
+                ("scale-down", 1, Some(32), 128),
+                ("scale-down", 2, Some(33), 0),
+            ]
+        );
+        assert!(rows[..2].iter().all(|r| r.plug_ms.is_some()));
+        assert!(rows[2..].iter().all(|r| r.reclaim_ms.is_some()));
+        assert_eq!(guest.resizes, [UNIT, 2 * UNIT, UNIT, 0]);
+    }
+
     #[test]
     fn side_by_side_table() {
         let r = SideBySide {

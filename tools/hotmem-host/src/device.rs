@@ -223,123 +223,15 @@ pub trait Guest: MemoryDevice + AgentTransport {
         Self: Sized;
 }
 
-/// An in-memory guest for host tests of the scenarios: a device whose
-/// plugged size follows the requested size at once (or not, to model a
-/// pending plug), and an agent answering from a closure (`None`: the
-/// answer is lost on the way, as a timeout).
-#[cfg(test)]
-pub(crate) mod fake {
-    use std::collections::HashMap;
-    use std::time::Duration;
-
-    use hotmem_proto::Op;
-    use serde_json::Value;
-
-    use super::{AgentTransport, Diagnose, MemoryDevice};
-    use crate::agent::{AgentError, Pending};
-    use crate::vm::VmError;
-
-    /// Answers an agent request: `Some(result)`, or `None` if lost.
-    pub type Agent = Box<dyn FnMut(&Op) -> Option<Value>>;
-
-    pub struct FakeGuest {
-        pub requested: u64,
-        pub plugged: u64,
-        /// The device plugs/unplugs to the requested size at once.
-        pub follows: bool,
-        /// Every request size set, in order.
-        pub resizes: Vec<u64>,
-        agent: Agent,
-        started: HashMap<u64, Op>,
-        next_id: u64,
-        timeout: Duration,
-    }
-
-    impl FakeGuest {
-        pub fn new(agent: Agent) -> Self {
-            Self {
-                requested: 0,
-                plugged: 0,
-                follows: true,
-                resizes: Vec::new(),
-                agent,
-                started: HashMap::new(),
-                next_id: 1,
-                timeout: Duration::from_secs(1),
-            }
-        }
-    }
-
-    impl Diagnose for FakeGuest {}
-
-    impl MemoryDevice for FakeGuest {
-        fn set_requested_size(&mut self, bytes: u64) -> Result<(), VmError> {
-            self.requested = bytes;
-            self.resizes.push(bytes);
-            if self.follows {
-                self.plugged = bytes;
-            }
-            Ok(())
-        }
-
-        fn requested_size(&mut self) -> Result<u64, VmError> {
-            Ok(self.requested)
-        }
-
-        fn plugged_size(&mut self) -> Result<u64, VmError> {
-            Ok(self.plugged)
-        }
-    }
-
-    impl AgentTransport for FakeGuest {
-        fn agent_start(&mut self, op: Op) -> Result<Pending, VmError> {
-            let pending = Pending {
-                id: self.next_id,
-                op: op.name(),
-            };
-            self.next_id += 1;
-            self.started.insert(pending.id, op);
-            Ok(pending)
-        }
-
-        fn agent_finish_value(
-            &mut self,
-            pending: Pending,
-            timeout: Duration,
-        ) -> Result<Value, VmError> {
-            let op = self.started.remove(&pending.id).ok_or_else(|| {
-                VmError::from_kind(AgentError::Protocol {
-                    op: pending.op,
-                    detail: "finished twice".into(),
-                })
-            })?;
-            (self.agent)(&op).ok_or_else(|| {
-                VmError::from_kind(AgentError::Timeout {
-                    op: pending.op,
-                    timeout,
-                })
-            })
-        }
-
-        fn command_timeout(&self) -> Duration {
-            self.timeout
-        }
-
-        fn set_command_timeout(&mut self, timeout: Duration) {
-            self.timeout = timeout;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use hotmem_proto::{InstanceEvent, InstanceEventKind};
 
-    use super::fake::FakeGuest;
     use super::*;
     use crate::agent::AgentError;
+    use crate::fake::FakeGuest;
 
     /// An agent keeping events 1..=3 until they are acknowledged with
     /// `after_seq`, whose first `events` answer is lost on the way.
@@ -347,7 +239,7 @@ mod tests {
         let acked = Arc::new(Mutex::new(0u64));
         let seen = Arc::clone(&acked);
         let mut lost_one = false;
-        let guest = FakeGuest::new(Box::new(move |op| {
+        let guest = FakeGuest::new(Box::new(move |op, _| {
             let Op::Events(args) = op else {
                 return None;
             };
@@ -413,7 +305,7 @@ mod tests {
 
     #[test]
     fn provided_helpers_decode_and_report() {
-        let mut guest = FakeGuest::new(Box::new(|op| match op {
+        let mut guest = FakeGuest::new(Box::new(|op, _| match op {
             Op::ReadFile(_) => Some(serde_json::json!({"data": "MemTotal: 1024 kB\n"})),
             Op::Exec(_) => Some(
                 serde_json::to_value(ExecResult {

@@ -32,6 +32,8 @@ pub mod agent;
 pub mod config;
 pub mod console;
 pub mod device;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod lock;
 pub mod meminfo;
 pub mod qmp;

@@ -656,10 +656,10 @@ mod tests {
 
     /// A HotMem guest with one partition per 128 MiB plugged, all free
     /// except the one instance 7 runs in.
-    fn hotmem_guest() -> crate::device::fake::FakeGuest {
-        use crate::device::fake::FakeGuest;
+    fn hotmem_guest() -> crate::fake::FakeGuest {
+        use crate::fake::FakeGuest;
         const P: u64 = 128 << 20;
-        FakeGuest::new(Box::new(|op| match op {
+        FakeGuest::new(Box::new(|op, _| match op {
             Op::Partitions => Some(serde_json::json!({
                 "enabled": true,
                 "partition_size": P,
@@ -706,7 +706,7 @@ mod tests {
     #[test]
     fn a_lost_stop_answer_is_an_error_not_an_unplug() {
         const P: u64 = 128 << 20;
-        let mut guest = crate::device::fake::FakeGuest::new(Box::new(|op| match op {
+        let mut guest = crate::fake::FakeGuest::new(Box::new(|op, _| match op {
             Op::Partitions => Some(serde_json::json!({
                 "enabled": true, "partition_size": P, "partitions": [], "offline_blocks": 0,
             })),
