@@ -1,6 +1,7 @@
 //! `hotmem-run --user/--seccomp` on the host: the function runs as the
 //! given user with no supplementary groups, `no_new_privs` set, and the
-//! seccomp filter refuses `prctl(PR_HOTMEM)`.
+//! seccomp filter refuses `prctl(PR_HOTMEM)`, mounts, `ptrace` and
+//! `process_vm_readv` (the VM test `isolation.rs` checks it in a guest).
 //!
 //! Switching users needs root; the tests say so and pass vacuously when
 //! the host test run is not root (the VM tests check the same as root).
