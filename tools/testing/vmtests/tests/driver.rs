@@ -615,7 +615,7 @@ fn rust_driver_rmmod_during_a_large_unplug_returns_soon() {
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
     let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
     assert!(
-        !dmesg.contains("BUG") && !dmesg.contains("WARNING"),
+        !dmesg.contains("BUG:") && !dmesg.contains("WARNING:"),
         "{dmesg}"
     );
     vm.exec_ok(&["modprobe", MODULE])
@@ -779,13 +779,20 @@ fn rust_driver_survives_allocation_failures_in_probe() {
     vm.exec_ok(&["rmmod", MODULE]).or_panic("rmmod");
     assert_eq!(vm.plugged_size().or_panic("plugged size"), 0);
     let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    // What scripts/check-dmesg.sh looks for.
     for bad in [
-        "BUG",
-        "WARNING",
-        "kfence",
+        "WARNING:",
+        "BUG:",
         "Oops",
-        "refcount_t",
+        "KFENCE:",
+        "KASAN:",
+        "possible circular locking",
+        "INFO: lockdep",
+        "lockdep is turned off",
         "corruption",
+        "Bad page state",
+        "blocked for more than",
+        "refcount_t:",
     ] {
         assert!(!dmesg.contains(bad), "dmesg has {bad}:\n{dmesg}");
     }
