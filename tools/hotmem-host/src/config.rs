@@ -260,7 +260,7 @@ impl VmConfig {
             Accel::Tcg => a.push("-accel").push("tcg").push("-cpu").push("max"),
             Accel::Kvm => a.push("-accel").push("kvm").push("-cpu").push("host"),
         };
-        a.push("-smp").push(self.smp.to_string());
+        a.push("-smp").push(self.smp_topology());
         let maxmem = self.memory + self.vmem_size;
         a.push("-m").push(format!(
             "{},maxmem={}",
@@ -292,6 +292,18 @@ impl VmConfig {
         ));
         self.push_vmem(&mut a);
         Ok(a.0)
+    }
+
+    /// The `-smp` value: with several nodes and vCPUs that divide evenly,
+    /// one socket per node, so that no cache is shared across nodes (the
+    /// guest warns at boot about an LLC shared by CPUs of different nodes).
+    fn smp_topology(&self) -> String {
+        let (smp, nodes) = (self.smp, self.numa_nodes);
+        if nodes > 1 && smp % nodes == 0 {
+            format!("{smp},sockets={nodes},cores={},threads=1", smp / nodes)
+        } else {
+            smp.to_string()
+        }
     }
 
     /// `-object`/`-numa` pairs splitting boot memory and vCPUs between nodes.
@@ -453,6 +465,21 @@ mod tests {
             &"virtio-mem-pci,id=vm0,memdev=vmem0,node=0,block-size=4M,requested-size=512M".into()
         ));
         assert!(after(&a, "-numa").is_empty());
+    }
+
+    #[test]
+    fn numa_nodes_get_a_socket_each_when_cpus_divide_evenly() {
+        let mut cfg = VmConfig::new("k", "i", "/d");
+        cfg.numa_nodes = 2;
+        cfg.smp = 2;
+        assert_eq!(
+            after(&args(&cfg), "-smp"),
+            ["2,sockets=2,cores=1,threads=1"]
+        );
+        cfg.numa_nodes = 3;
+        assert_eq!(after(&args(&cfg), "-smp"), ["2"]);
+        cfg.numa_nodes = 1;
+        assert_eq!(after(&args(&cfg), "-smp"), ["2"]);
     }
 
     #[test]
