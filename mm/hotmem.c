@@ -17,12 +17,16 @@
 
 #define pr_fmt(fmt) "hotmem: " fmt
 
+#include <acpi/acpi_numa.h>
 #include <linux/capability.h>
+#include <linux/gfp.h>
+#include <linux/highmem.h>
 #include <linux/hotmem.h>
 #include <linux/init.h>
 #include <linux/kobject.h>
 #include <linux/log2.h>
 #include <linux/memory.h>
+#include <linux/memcontrol.h>
 #include <linux/memory_hotplug.h>
 #include <linux/mm.h>
 #include <linux/notifier.h>
@@ -235,6 +239,28 @@ bool hotmem_online_by_default(void)
 }
 EXPORT_SYMBOL_GPL(hotmem_online_by_default);
 
+/**
+ * hotmem_node_for - the node of a range a driver is about to add
+ * @pxm: ACPI proximity domain the device names, or negative for none
+ * @start: physical start address of the range
+ *
+ * Return: the node of @pxm if the platform knows it, else the node the
+ * architecture assigns to @start.
+ */
+int hotmem_node_for(int pxm, u64 start)
+{
+	int nid = NUMA_NO_NODE;
+
+#ifdef CONFIG_ACPI_NUMA
+	if (pxm >= 0)
+		nid = pxm_to_node(pxm);
+#endif
+	if (nid == NUMA_NO_NODE)
+		nid = memory_add_physaddr_to_nid(start);
+	return nid;
+}
+EXPORT_SYMBOL_GPL(hotmem_node_for);
+
 static bool hotmem_size_valid(unsigned long bytes)
 {
 	return is_power_of_2(bytes) && bytes >= memory_block_size_bytes();
@@ -401,6 +427,38 @@ void hotmem_free_pages(struct page *page, unsigned long pfn, unsigned int order)
 static struct hotmem_part *hotmem_alloc_part(unsigned long id, int nid);
 static void hotmem_part_sysfs_add(struct hotmem_part *part);
 
+/*
+ * The pfn range hotmem_add_partitions() is adding, see hotmem_add_begin().
+ * Written under hotmem_mutex and the device hotplug lock, read under
+ * hotmem_mutex.
+ */
+static unsigned long hotmem_adding_start_pfn, hotmem_adding_end_pfn;
+
+static bool __hotmem_adding(unsigned long pfn)
+{
+	lockdep_assert_held(&hotmem_mutex);
+	return pfn >= hotmem_adding_start_pfn && pfn < hotmem_adding_end_pfn;
+}
+
+static unsigned long hotmem_blocks_per_part(void)
+{
+	return hotmem_part_bytes / memory_block_size_bytes();
+}
+
+/*
+ * Caller holds part->lock.  A POPULATING partition whose blocks are all
+ * online becomes FREE, unless it is @held.  Return: true if it did.
+ */
+static bool hotmem_part_complete(struct hotmem_part *part, bool held)
+{
+	lockdep_assert_held(&part->lock);
+	if (held || part->state != HOTMEM_POPULATING ||
+	    part->nr_blocks != hotmem_blocks_per_part())
+		return false;
+	part->state = HOTMEM_FREE;
+	return true;
+}
+
 /**
  * hotmem_online_begin - prepare a partition for a block about to be onlined
  * @pfn: first pfn of the block
@@ -480,11 +538,6 @@ out:
 	return ret;
 }
 
-static unsigned long hotmem_blocks_per_part(void)
-{
-	return hotmem_part_bytes / memory_block_size_bytes();
-}
-
 /**
  * hotmem_online_end - account a block whose pages went to its partition
  * @pfn: first pfn of the block
@@ -520,14 +573,141 @@ void hotmem_online_end(unsigned long pfn, bool success)
 	if (!part->nr_blocks) {
 		part->state = HOTMEM_ABSENT;
 		hotmem_nr_parts--;
-	} else if (part->nr_blocks == hotmem_blocks_per_part()) {
-		part->state = HOTMEM_FREE;
+	} else {
+		hotmem_part_complete(part, __hotmem_adding(part->start_pfn));
 	}
 	spin_unlock_irqrestore(&part->lock, flags);
 	if (part->state == HOTMEM_FREE)
 		wake_up_all(&hotmem_bind_wq);
 out:
 	mutex_unlock(&hotmem_mutex);
+}
+
+/**
+ * hotmem_add_begin - hold the partitions of a range being added
+ * @pfn: first pfn of the range, partition-aligned
+ * @nr_pages: its size in pages, whole partitions
+ *
+ * For hotmem_add_partitions(), which onlines the range block by block and
+ * takes all of it back if one block fails: a partition that completes
+ * meanwhile must not be bound, or the caller would be told that memory it
+ * is using was not added.  Partitions in the range stay POPULATING until
+ * hotmem_add_end().  Called under the device hotplug lock, which
+ * serializes hotmem_add_partitions() callers.
+ */
+void hotmem_add_begin(unsigned long pfn, unsigned long nr_pages)
+{
+	mutex_lock(&hotmem_mutex);
+	WARN_ON_ONCE(hotmem_adding_end_pfn);
+	hotmem_adding_start_pfn = pfn;
+	hotmem_adding_end_pfn = pfn + nr_pages;
+	mutex_unlock(&hotmem_mutex);
+}
+
+/**
+ * hotmem_add_end - publish the partitions held by hotmem_add_begin()
+ *
+ * Every complete partition of the range becomes FREE, and binders waiting
+ * for one are woken.  Partitions taken back meanwhile are ABSENT by now.
+ */
+void hotmem_add_end(void)
+{
+	unsigned long pfn, end, flags;
+	struct hotmem_part *part;
+	bool published = false;
+
+	mutex_lock(&hotmem_mutex);
+	pfn = hotmem_adding_start_pfn;
+	end = hotmem_adding_end_pfn;
+	hotmem_adding_start_pfn = 0;
+	hotmem_adding_end_pfn = 0;
+	for (; pfn < end; pfn += 1UL << hotmem_part_shift) {
+		part = hotmem_pfn_to_part(pfn);
+		if (!part)
+			continue;
+		spin_lock_irqsave(&part->lock, flags);
+		published |= hotmem_part_complete(part, false);
+		spin_unlock_irqrestore(&part->lock, flags);
+	}
+	mutex_unlock(&hotmem_mutex);
+	if (published)
+		wake_up_all(&hotmem_bind_wq);
+}
+
+/**
+ * hotmem_adding - whether hotmem_add_partitions() is onlining a pfn
+ * @pfn: the pfn
+ *
+ * Return: true if @pfn is in the range held by hotmem_add_begin().
+ */
+bool hotmem_adding(unsigned long pfn)
+{
+	bool ret;
+
+	mutex_lock(&hotmem_mutex);
+	ret = __hotmem_adding(pfn);
+	mutex_unlock(&hotmem_mutex);
+	return ret;
+}
+
+/*
+ * Resource names of memory added by hotmem_add_partitions().  The resource
+ * points to its name for as long as the memory stays added, which can be
+ * longer than the driver that named it stays loaded (memory that cannot be
+ * offlined outlives an rmmod).  Each distinct name is copied once and kept;
+ * drivers use one fixed name, so the list stays short.  Protected by
+ * hotmem_mutex.
+ */
+#define HOTMEM_MAX_NAMES	16
+
+struct hotmem_name {
+	struct list_head list;
+	const char *name;
+};
+
+static LIST_HEAD(hotmem_names);
+static unsigned int hotmem_nr_names;
+
+/**
+ * hotmem_intern_name - a copy of a resource name that is never freed
+ * @name: the name
+ *
+ * Return: the kept copy of @name, or ERR_PTR(-EINVAL) for no name,
+ * ERR_PTR(-ENOSPC) past HOTMEM_MAX_NAMES distinct names, ERR_PTR(-ENOMEM).
+ */
+const char *hotmem_intern_name(const char *name)
+{
+	struct hotmem_name *n;
+	const char *ret;
+
+	if (!name)
+		return ERR_PTR(-EINVAL);
+
+	mutex_lock(&hotmem_mutex);
+	list_for_each_entry(n, &hotmem_names, list) {
+		if (!strcmp(n->name, name)) {
+			ret = n->name;
+			goto out;
+		}
+	}
+	ret = ERR_PTR(-ENOSPC);
+	if (hotmem_nr_names >= HOTMEM_MAX_NAMES)
+		goto out;
+	ret = ERR_PTR(-ENOMEM);
+	n = kmalloc(sizeof(*n), GFP_KERNEL);
+	if (!n)
+		goto out;
+	n->name = kstrdup_const(name, GFP_KERNEL);
+	if (!n->name) {
+		kfree(n);
+		goto out;
+	}
+	list_add(&n->list, &hotmem_names);
+	hotmem_nr_names++;
+	ret = n->name;
+out:
+	mutex_unlock(&hotmem_mutex);
+	return ret;
 }
 
 /* See hotmem_offline_begin(). */
@@ -841,30 +1021,39 @@ static struct hotmem_part *hotmem_claim_free(void)
 	return found;
 }
 
-/* Drop one user; the last one leaves the partition FREE or DRAINING. */
-static void hotmem_part_put(struct hotmem_part *part)
+/*
+ * Drop one user; the last one leaves the partition FREE or DRAINING.
+ * Return: the state the partition is left in.
+ */
+static enum hotmem_state __hotmem_part_put(struct hotmem_part *part)
 {
+	enum hotmem_state state;
 	unsigned long flags;
-	bool freed = false, draining = false;
 
 	spin_lock_irqsave(&part->lock, flags);
 	if (!WARN_ON_ONCE(part->state != HOTMEM_BOUND || !part->users) &&
-	    !--part->users) {
-		if (hotmem_part_empty(part)) {
-			part->state = HOTMEM_FREE;
-			freed = true;
-		} else {
-			part->state = HOTMEM_DRAINING;
-			draining = true;
-		}
-	}
+	    !--part->users)
+		part->state = hotmem_part_empty(part) ? HOTMEM_FREE :
+							HOTMEM_DRAINING;
+	state = part->state;
 	spin_unlock_irqrestore(&part->lock, flags);
+	return state;
+}
 
-	if (freed)
+/* See __hotmem_part_put(); wakes whoever waits for what it left. */
+static void hotmem_part_put(struct hotmem_part *part)
+{
+	switch (__hotmem_part_put(part)) {
+	case HOTMEM_FREE:
 		hotmem_part_released();
-	/* Pages may still sit in per-CPU LRU batches; flush them. */
-	if (draining)
+		break;
+	case HOTMEM_DRAINING:
+		/* Pages may still sit in per-CPU LRU batches; flush them. */
 		schedule_work(&hotmem_drain_work);
+		break;
+	default:
+		break;
+	}
 }
 
 static void hotmem_drain_workfn(struct work_struct *work)
@@ -1129,6 +1318,56 @@ retry:
 		gfp |= __GFP_COMP;
 	hotmem_prep_new_page(page, order, gfp);
 	return page_rmappable_folio(page);
+}
+
+/**
+ * __hotmem_swapin_copy - keep what a bound mm swaps in inside its partition
+ * @folio: the locked, uptodate-or-not swap cache folio about to be mapped
+ * @page: the page of @folio for @addr
+ * @vma: the VMA, of a bound mm
+ * @addr: the user address
+ *
+ * Swap-in reads into the swap cache with ordinary pages: readahead does not
+ * know who will map them, and after fork a swap entry can be shared with a
+ * process outside the partition.  Mapping such a page would let the
+ * instance grow past its partition, so map a copy taken from the partition
+ * instead, as KSM does for pages it cannot map as they are.  The swap cache
+ * keeps its clean page, which reclaim can free.
+ *
+ * Return: @folio if @page is in the mm's partition (or cannot be read); a
+ * new locked folio of the partition holding a copy of @page; NULL if none
+ * could be had (the partition is full); ERR_PTR(-EHWPOISON) if @page could
+ * not be copied.
+ */
+struct folio *__hotmem_swapin_copy(struct folio *folio, struct page *page,
+				   struct vm_area_struct *vma,
+				   unsigned long addr)
+{
+	struct hotmem_part *part = READ_ONCE(vma->vm_mm->hotmem);
+	struct folio *new;
+
+	if (!part || !folio_test_uptodate(folio))
+		return folio;
+	if (is_zone_hotmem_page(page) &&
+	    hotmem_pfn_to_part(page_to_pfn(page)) == part)
+		return folio;
+
+	new = vma_alloc_folio(GFP_HIGHUSER_MOVABLE, 0, vma, addr, false);
+	if (!new)
+		return NULL;
+	if (mem_cgroup_charge(new, vma->vm_mm, GFP_KERNEL)) {
+		folio_put(new);
+		return NULL;
+	}
+	if (copy_mc_user_highpage(folio_page(new, 0), page, addr, vma)) {
+		folio_put(new);
+		return ERR_PTR(-EHWPOISON);
+	}
+	folio_set_dirty(new);
+	__folio_mark_uptodate(new);
+	__folio_set_locked(new);
+	count_vm_event(HOTMEM_SWAPIN_COPY);
+	return new;
 }
 
 /**

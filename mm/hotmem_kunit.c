@@ -5,15 +5,34 @@
  *
  * The partitions here are not in the partition table: they are fake
  * partitions built on a max-order block borrowed from the page allocator,
- * which exercises the same buddy code on real struct pages.
+ * which exercises the same buddy code on real struct pages.  The tests use
+ * the part-level functions (__hotmem_part_put() and the like), which never
+ * wake binders or call the notifier chain of the real partitions.
  */
 
 #include <kunit/test.h>
+#include <linux/page-isolation.h>
 
 struct hotmem_test_block {
 	struct hotmem_part part;
 	struct page *page;
+	int migratetype;
 };
+
+/*
+ * While a test runs, the block's pages look free (PageBuddy) but sit on the
+ * fake partition's lists, not on their zone's.  Isolating its pageblocks
+ * keeps away the pfn walkers that would take a free page they find:
+ * compaction's free scanner skips isolated pageblocks, and
+ * alloc_contig_range() refuses to isolate them again.
+ */
+static void hotmem_test_set_migratetype(struct page *page, int migratetype)
+{
+	unsigned long pfn;
+
+	for (pfn = 0; pfn < MAX_ORDER_NR_PAGES; pfn += pageblock_nr_pages)
+		set_pageblock_migratetype(page + pfn, migratetype);
+}
 
 static int hotmem_test_init(struct kunit *test)
 {
@@ -25,6 +44,8 @@ static int hotmem_test_init(struct kunit *test)
 	b->page = alloc_pages(GFP_KERNEL, MAX_PAGE_ORDER);
 	if (!b->page)
 		return -ENOMEM;
+	b->migratetype = get_pageblock_migratetype(b->page);
+	hotmem_test_set_migratetype(b->page, MIGRATE_ISOLATE);
 	hotmem_init_part(&b->part);
 	/* Hand the block to the fake partition as one free buddy. */
 	set_page_count(b->page, 0);
@@ -43,6 +64,7 @@ static void hotmem_test_exit(struct kunit *test)
 	/* Every test leaves the block merged and free again. */
 	hotmem_del_free(b->page);
 	set_page_count(b->page, 1);
+	hotmem_test_set_migratetype(b->page, b->migratetype);
 	__free_pages(b->page, MAX_PAGE_ORDER);
 }
 
@@ -147,10 +169,8 @@ static void hotmem_test_users(struct kunit *test)
 	part->users = 1;
 	KUNIT_EXPECT_TRUE(test, hotmem_part_get(part));
 	KUNIT_EXPECT_EQ(test, part->users, 2);
-	hotmem_part_put(part);
-	KUNIT_EXPECT_EQ(test, part->state, HOTMEM_BOUND);
-	hotmem_part_put(part);
-	KUNIT_EXPECT_EQ(test, part->state, HOTMEM_FREE);
+	KUNIT_EXPECT_EQ(test, __hotmem_part_put(part), HOTMEM_BOUND);
+	KUNIT_EXPECT_EQ(test, __hotmem_part_put(part), HOTMEM_FREE);
 	KUNIT_EXPECT_EQ(test, part->users, 0);
 	/* A free partition cannot gain users by inheritance. */
 	KUNIT_EXPECT_FALSE(test, hotmem_part_get(part));
@@ -160,8 +180,7 @@ static void hotmem_test_users(struct kunit *test)
 	part->users = 1;
 	page = __hotmem_rmqueue(part, 0);
 	KUNIT_ASSERT_NOT_NULL(test, page);
-	hotmem_part_put(part);
-	KUNIT_EXPECT_EQ(test, part->state, HOTMEM_DRAINING);
+	KUNIT_EXPECT_EQ(test, __hotmem_part_put(part), HOTMEM_DRAINING);
 	hotmem_test_free(b, page, 0);
 	part->state = HOTMEM_FREE;
 	hotmem_test_assert_merged(test, b);
@@ -292,6 +311,44 @@ static void hotmem_test_take_off(struct kunit *test)
 }
 #endif
 
+/*
+ * A partition completed while hotmem_add_partitions() holds its range stays
+ * POPULATING (not bindable) until the whole range is online, then is FREE.
+ */
+static void hotmem_test_add_hold(struct kunit *test)
+{
+	struct hotmem_test_block *b = test->priv;
+	struct hotmem_part *part = &b->part;
+	unsigned long pfn = ULONG_MAX >> 1;
+	enum hotmem_state state[2];
+	bool done[3];
+
+	pfn &= ~((1UL << hotmem_part_shift) - 1);
+	hotmem_add_begin(pfn, 1UL << hotmem_part_shift);
+	KUNIT_EXPECT_TRUE(test, hotmem_adding(pfn));
+	KUNIT_EXPECT_FALSE(test, hotmem_adding(pfn - 1));
+	hotmem_add_end();
+	KUNIT_EXPECT_FALSE(test, hotmem_adding(pfn));
+
+	part->state = HOTMEM_POPULATING;
+	part->nr_blocks = hotmem_blocks_per_part();
+	spin_lock_irq(&part->lock);
+	done[0] = hotmem_part_complete(part, true);
+	state[0] = part->state;
+	done[1] = hotmem_part_complete(part, false);
+	state[1] = part->state;
+	/* Only a POPULATING partition completes. */
+	done[2] = hotmem_part_complete(part, false);
+	spin_unlock_irq(&part->lock);
+	KUNIT_EXPECT_FALSE(test, done[0]);
+	KUNIT_EXPECT_EQ(test, state[0], HOTMEM_POPULATING);
+	KUNIT_EXPECT_TRUE(test, done[1]);
+	KUNIT_EXPECT_EQ(test, state[1], HOTMEM_FREE);
+	KUNIT_EXPECT_FALSE(test, done[2]);
+	part->nr_blocks = 0;
+	hotmem_test_assert_merged(test, b);
+}
+
 static void hotmem_test_geometry(struct kunit *test)
 {
 	unsigned long block = memory_block_size_bytes();
@@ -315,6 +372,7 @@ static struct kunit_case hotmem_test_cases[] = {
 #ifdef CONFIG_MEMORY_FAILURE
 	KUNIT_CASE(hotmem_test_take_off),
 #endif
+	KUNIT_CASE(hotmem_test_add_hold),
 	KUNIT_CASE(hotmem_test_geometry),
 	{}
 };

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# The top-level copies of what the kernel series adds (mm/, include/linux/
-# and the kernel documentation under Documentation/) are for reading; this
+# The top-level copies of what the kernel series adds (mm/, include/linux/,
+# the kernel documentation under Documentation/ and the kselftests under
+# tools/testing/selftests/) are for reading; this
 # checks that each is byte for byte what patches/series produces when it is
 # applied to the pristine source.  Needs a prepared tree (make kernel).
 set -euo pipefail
@@ -21,6 +22,9 @@ files=(
 	Documentation/admin-guide/mm/hotmem.rst
 	Documentation/mm/hotmem-design.rst
 	Documentation/ABI/testing/sysfs-kernel-mm-hotmem
+	tools/testing/selftests/mm/hotmem_abi.c
+	tools/testing/selftests/mm/hotmem_escape.c
+	tools/testing/selftests/mm/hotmem_race.c
 )
 
 [ -d "$src/.git" ] || { echo "check-series-files: prepare the tree first (make kernel)" >&2; exit 2; }

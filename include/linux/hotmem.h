@@ -84,37 +84,22 @@ bool hotmem_online_by_default(void);
 /* For drivers that plug and unplug whole partitions (virtio-mem). */
 int hotmem_add_partitions(int nid, u64 start, u64 size,
 			  const char *resource_name);
+int hotmem_node_for(int pxm, u64 start);
 int hotmem_remove_partitions(u64 start, u64 size);
 int hotmem_partition_info(u64 start, struct hotmem_partition_info *info);
 int hotmem_register_notifier(struct notifier_block *nb);
 int hotmem_unregister_notifier(struct notifier_block *nb);
 
-/* For mm/: the page free path, onlining and offlining, /proc/meminfo. */
+/*
+ * Outside mm/: /proc/meminfo, binding (kernel/fork.c, kernel/sys.c).  The
+ * hooks of the allocator, onlining and offlining are in mm/internal.h.
+ */
 DECLARE_STATIC_KEY_FALSE(hotmem_free_key);
-void hotmem_free_pages(struct page *page, unsigned long pfn, unsigned int order);
-int hotmem_online_begin(unsigned long pfn, unsigned long nr_pages, int nid);
-void hotmem_online_end(unsigned long pfn, bool success);
-int hotmem_offline_begin(unsigned long pfn, unsigned long nr_pages);
-bool hotmem_offline_used(unsigned long pfn, unsigned long *start_pfn,
-			 unsigned long *end_pfn);
-void hotmem_offline_cancel(unsigned long pfn);
-unsigned long hotmem_offline_commit(unsigned long pfn, unsigned long nr_pages,
-				    bool slow);
 void hotmem_report_meminfo(struct seq_file *m);
-bool hotmem_take_page_off(struct page *page);
-void hotmem_page_poisoned(unsigned long pfn);
-
-/* Binding (kernel/fork.c, kernel/sys.c) and routing (mm/mempolicy.c). */
-struct hotmem_part;
 void __hotmem_mm_init(struct mm_struct *mm);
 void __hotmem_mm_release(struct mm_struct *mm);
 long hotmem_prctl(unsigned long op, unsigned long arg3, unsigned long arg4,
 		  unsigned long arg5);
-struct folio *hotmem_alloc_folio(gfp_t gfp, unsigned int order,
-				 struct mm_struct *mm);
-void hotmem_prep_new_page(struct page *page, unsigned int order, gfp_t gfp);
-bool hotmem_oom_task_eligible(struct task_struct *task, struct hotmem_part *part);
-unsigned long hotmem_oom_totalpages(struct hotmem_part *part);
 
 /*
  * Binding needs a FREE partition, which needs an onlined HotMem block: until
@@ -131,29 +116,6 @@ static __always_inline void hotmem_mm_release(struct mm_struct *mm)
 {
 	if (static_branch_unlikely(&hotmem_free_key))
 		__hotmem_mm_release(mm);
-}
-
-/* Whether faults of @mm allocate from a HotMem partition. */
-static __always_inline bool hotmem_mm_bound(struct mm_struct *mm)
-{
-	return static_branch_unlikely(&hotmem_free_key) && READ_ONCE(mm->hotmem);
-}
-
-/*
- * Divert a page that has been through free_pages_prepare() to its HotMem
- * partition.  Costs a patched-out branch until the first HotMem block is
- * onlined, and a test of page->flags afterwards.
- */
-static __always_inline bool hotmem_try_free_pages(struct page *page,
-						  unsigned long pfn,
-						  unsigned int order)
-{
-	if (static_branch_unlikely(&hotmem_free_key) &&
-	    unlikely(is_zone_hotmem_page(page))) {
-		hotmem_free_pages(page, pfn, order);
-		return true;
-	}
-	return false;
 }
 
 #else /* !CONFIG_HOTMEM */
@@ -179,6 +141,11 @@ static inline int hotmem_add_partitions(int nid, u64 start, u64 size,
 	return -EOPNOTSUPP;
 }
 
+static inline int hotmem_node_for(int pxm, u64 start)
+{
+	return NUMA_NO_NODE;
+}
+
 static inline int hotmem_remove_partitions(u64 start, u64 size)
 {
 	return -EOPNOTSUPP;
@@ -200,21 +167,6 @@ static inline int hotmem_unregister_notifier(struct notifier_block *nb)
 	return -EOPNOTSUPP;
 }
 
-static inline bool hotmem_try_free_pages(struct page *page, unsigned long pfn,
-					 unsigned int order)
-{
-	return false;
-}
-
-static inline bool hotmem_take_page_off(struct page *page)
-{
-	return false;
-}
-
-static inline void hotmem_page_poisoned(unsigned long pfn)
-{
-}
-
 static inline void hotmem_report_meminfo(struct seq_file *m)
 {
 }
@@ -232,17 +184,5 @@ static inline long hotmem_prctl(unsigned long op, unsigned long arg3,
 {
 	return -EINVAL;
 }
-
-static inline bool hotmem_mm_bound(struct mm_struct *mm)
-{
-	return false;
-}
-
-static inline struct folio *hotmem_alloc_folio(gfp_t gfp, unsigned int order,
-					       struct mm_struct *mm)
-{
-	return ERR_PTR(-ENOENT);
-}
-
 #endif /* CONFIG_HOTMEM */
 #endif /* _LINUX_HOTMEM_H */
