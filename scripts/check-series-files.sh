@@ -22,8 +22,15 @@ files=(
 	Documentation/admin-guide/mm/hotmem.rst
 	Documentation/mm/hotmem-design.rst
 	Documentation/ABI/testing/sysfs-kernel-mm-hotmem
+	tools/testing/selftests/mm/hotmem_util.h
 	tools/testing/selftests/mm/hotmem_abi.c
+	tools/testing/selftests/mm/hotmem_bind.c
+	tools/testing/selftests/mm/hotmem_drain.c
 	tools/testing/selftests/mm/hotmem_escape.c
+	tools/testing/selftests/mm/hotmem_geometry.c
+	tools/testing/selftests/mm/hotmem_hwpoison.c
+	tools/testing/selftests/mm/hotmem_khugepaged.c
+	tools/testing/selftests/mm/hotmem_online.c
 	tools/testing/selftests/mm/hotmem_race.c
 )
 

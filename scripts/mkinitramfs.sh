@@ -3,8 +3,8 @@
 #
 # Assemble build/guest/initramfs.cpio.gz: busybox (init + applets), the guest
 # programs (agent, hotmem-run, workloads), the kernel's modules plus the
-# out-of-tree HotMem modules, the in-guest tests under /usr/lib/hotmem/tests
-# and the series' kselftests under /usr/lib/hotmem/selftests.
+# out-of-tree HotMem modules, and the series' kselftests (the in-guest
+# tests) under /usr/lib/hotmem/selftests.
 #
 #   mkinitramfs.sh BINDIR MODULE.ko...
 #
@@ -53,14 +53,9 @@ for ko in "$@"; do
 done
 /sbin/depmod -b "$root" "$rel"
 
-if [ -d "$top/tools/testing/guest" ]; then
-	mkdir -p "$root/usr/lib/hotmem/tests"
-	cp -a "$top/tools/testing/guest/." "$root/usr/lib/hotmem/tests/"
-fi
-
 # The series' kselftests (tools/testing/selftests/mm/hotmem_*.c in the
-# patched tree), static binaries built with the kernel's kselftest harness,
-# under /usr/lib/hotmem/selftests.
+# patched tree, with their shared hotmem_util.h), static binaries built
+# with the kernel's kselftest harness, under /usr/lib/hotmem/selftests.
 selftests=$build/linux/tools/testing/selftests
 mkdir -p "$root/usr/lib/hotmem/selftests"
 for t in "$selftests"/mm/hotmem_*.c; do

@@ -17,168 +17,33 @@
  * device and a second node with memory; missing ones are skipped.
  */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <linux/io_uring.h>
 #include <linux/mempolicy.h>
-#include <stdbool.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "../kselftest_harness.h"
+#include "hotmem_util.h"
 
-#ifndef PR_HOTMEM
-#define PR_HOTMEM		0x484d454d
-#define PR_HOTMEM_BIND		1
-#define PR_HOTMEM_GET		2
-#endif
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT		21
 #endif
 
-#define HOTMEM		"/sys/kernel/mm/hotmem"
 #define KSM		"/sys/kernel/mm/ksm"
-#define PAGE		4096UL
 #define BUF_SIZE	(8UL << 20)
 #define BIND_TIMEOUT_MS	20000
 /* Seconds per test: ksmd and swap are slow in an emulated guest. */
 #define TIMEOUT		300
 
-#ifndef BIT_ULL
-#define BIT_ULL(nr)	(1ULL << (nr))
-#endif
-#define PM_PRESENT	BIT_ULL(63)
-#define PM_SWAP		BIT_ULL(62)
-#define PM_PFN_MASK	((1ULL << 55) - 1)
-
-static unsigned long read_ulong(const char *path)
+/* Binds the calling process and looks up its partition's pfn range. */
+static int bind_partition(struct hm_part *r)
 {
-	char buf[64] = "";
-	unsigned long val;
-	ssize_t n;
-	int fd;
+	long id = hm_bind(0, BIND_TIMEOUT_MS);
 
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return ULONG_MAX;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return ULONG_MAX;
-	val = strtoul(buf, NULL, 0);
-	return val;
-}
-
-static int write_str(const char *path, const char *val)
-{
-	ssize_t n;
-	int fd;
-
-	fd = open(path, O_WRONLY);
-	if (fd < 0)
-		return -errno;
-	n = write(fd, val, strlen(val));
-	close(fd);
-	return n == (ssize_t)strlen(val) ? 0 : -EIO;
-}
-
-static unsigned long read_vmstat(const char *name)
-{
-	unsigned long val = ULONG_MAX;
-	char key[64];
-	FILE *f;
-
-	f = fopen("/proc/vmstat", "r");
-	if (!f)
-		return ULONG_MAX;
-	while (fscanf(f, "%63s %lu", key, &val) == 2)
-		if (!strcmp(key, name))
-			break;
-	if (strcmp(key, name))
-		val = ULONG_MAX;
-	fclose(f);
-	return val;
-}
-
-/* The pfn range of the partition this process is bound to. */
-struct part_range {
-	int id;
-	unsigned long start_pfn, end_pfn;
-	int nid;
-};
-
-static int bind_partition(struct part_range *r)
-{
-	char path[128];
-	unsigned long size;
-
-	r->id = prctl(PR_HOTMEM, PR_HOTMEM_BIND, 0, BIND_TIMEOUT_MS, 0);
-	if (r->id < 0)
-		return -errno;
-	snprintf(path, sizeof(path), HOTMEM "/partitions/part%d/start_phys", r->id);
-	r->start_pfn = read_ulong(path) / PAGE;
-	snprintf(path, sizeof(path), HOTMEM "/partitions/part%d/nid", r->id);
-	r->nid = (int)read_ulong(path);
-	size = read_ulong(HOTMEM "/partition_size");
-	r->end_pfn = r->start_pfn + size / PAGE;
-	return 0;
-}
-
-/* The pagemap entries of [buf, buf + len), in a static array. */
-static const uint64_t *read_pagemap(const char *buf, size_t len)
-{
-	static uint64_t ents[BUF_SIZE / PAGE];
-	size_t size = len / PAGE * sizeof(ents[0]);
-	int fd;
-
-	memset(ents, 0, sizeof(ents));
-	if (len > BUF_SIZE)
-		return ents;
-	fd = open("/proc/self/pagemap", O_RDONLY);
-	if (fd < 0)
-		return ents;
-	if (pread(fd, ents, size, (uintptr_t)buf / PAGE * sizeof(ents[0])) !=
-	    (ssize_t)size)
-		memset(ents, 0, sizeof(ents));
-	close(fd);
-	return ents;
-}
-
-/* Pages of [buf, buf + len) that are present but outside the partition. */
-static unsigned long pages_outside(const struct part_range *r, const char *buf,
-				   size_t len)
-{
-	const uint64_t *ents = read_pagemap(buf, len);
-	unsigned long n = 0, i;
-	uint64_t pfn;
-
-	for (i = 0; i < len / PAGE; i++) {
-		if (!(ents[i] & PM_PRESENT))
-			continue;
-		pfn = ents[i] & PM_PFN_MASK;
-		if (pfn < r->start_pfn || pfn >= r->end_pfn)
-			n++;
-	}
-	return n;
-}
-
-static unsigned long pages_with(const char *buf, size_t len, uint64_t bit)
-{
-	const uint64_t *ents = read_pagemap(buf, len);
-	unsigned long n = 0, i;
-
-	for (i = 0; i < len / PAGE; i++)
-		n += !!(ents[i] & bit);
-	return n;
+	if (id < 0)
+		return id;
+	return hm_part_range(id, r);
 }
 
 /* Pages of [buf, buf + len) whose node differs from @nid. */
@@ -206,26 +71,7 @@ out:
 	return n;
 }
 
-/* Every page gets a pattern of its own, so that a swapped page shows. */
-static void fill(char *buf, size_t len, unsigned int seed)
-{
-	size_t off;
-
-	for (off = 0; off < len; off += sizeof(uint64_t))
-		*(uint64_t *)(buf + off) = (off / PAGE) * 0x9e3779b97f4a7c15ULL + seed;
-}
-
-static bool check(const char *buf, size_t len, unsigned int seed)
-{
-	size_t off;
-
-	for (off = 0; off < len; off += sizeof(uint64_t))
-		if (*(uint64_t *)(buf + off) !=
-		    (off / PAGE) * 0x9e3779b97f4a7c15ULL + seed)
-			return false;
-	return true;
-}
-
+/* @len bytes of small pages, each holding its own part of pattern @seed. */
 static char *map_filled(size_t len, unsigned int seed)
 {
 	char *buf = mmap(NULL, len, PROT_READ | PROT_WRITE,
@@ -234,8 +80,13 @@ static char *map_filled(size_t len, unsigned int seed)
 	if (buf == MAP_FAILED)
 		return NULL;
 	madvise(buf, len, MADV_NOHUGEPAGE);
-	fill(buf, len, seed);
+	hm_fill(buf, len, seed);
 	return buf;
+}
+
+static bool check(const char *buf, size_t len, unsigned int seed)
+{
+	return hm_check(buf, len, seed) < 0;
 }
 
 /* A second node with memory, or -1. */
@@ -257,18 +108,18 @@ static int other_node(int nid)
 
 FIXTURE(bound)
 {
-	struct part_range part;
+	struct hm_part part;
 };
 
 FIXTURE_SETUP(bound)
 {
 	int ret;
 
-	if (access(HOTMEM "/partitions", F_OK))
+	if (!hm_enabled())
 		SKIP(return, "HotMem is off");
 	ret = bind_partition(&self->part);
 	ASSERT_EQ(0, ret) TH_LOG("binding: %s", strerror(-ret));
-	TH_LOG("bound to partition %d (pfn 0x%lx-0x%lx, node %d)",
+	TH_LOG("bound to partition %ld (pfn 0x%lx-0x%lx, node %d)",
 	       self->part.id, self->part.start_pfn, self->part.end_pfn,
 	       self->part.nid);
 }
@@ -304,7 +155,7 @@ TEST_F_TIMEOUT(bound, longterm_pin_keeps_pages_in_partition, TIMEOUT)
 
 	buf = map_filled(BUF_SIZE, 1);
 	ASSERT_NE(NULL, buf);
-	ASSERT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	ASSERT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 
 	if (access("/proc/sys/kernel/io_uring_disabled", F_OK))
 		SKIP(return, "no io_uring");
@@ -316,14 +167,14 @@ TEST_F_TIMEOUT(bound, longterm_pin_keeps_pages_in_partition, TIMEOUT)
 		ASSERT_EQ(0, syscall(__NR_io_uring_register, fd,
 				     IORING_REGISTER_BUFFERS, &iov, 1))
 			TH_LOG("register: %s", strerror(errno));
-		EXPECT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
-		EXPECT_EQ(BUF_SIZE / PAGE, pages_with(buf, BUF_SIZE, PM_PRESENT));
+		EXPECT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
+		EXPECT_EQ(BUF_SIZE / PAGE, hm_pages_with(buf, BUF_SIZE, PM_PRESENT));
 		ASSERT_EQ(0, syscall(__NR_io_uring_register, fd,
 				     IORING_UNREGISTER_BUFFERS, NULL, 0));
 	}
 	close(fd);
 	EXPECT_TRUE(check(buf, BUF_SIZE, 1));
-	EXPECT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	EXPECT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 }
 
 /*
@@ -346,13 +197,13 @@ TEST_F_TIMEOUT(bound, numa_migration_keeps_pages_in_partition, TIMEOUT)
 
 	buf = map_filled(BUF_SIZE, 2);
 	ASSERT_NE(NULL, buf);
-	ASSERT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	ASSERT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 
 	/* mbind(MPOL_MF_MOVE | MPOL_MF_STRICT): refused with EIO, nothing moves. */
 	ret = syscall(SYS_mbind, buf, BUF_SIZE, MPOL_BIND, &mask, 64,
 		      MPOL_MF_MOVE | MPOL_MF_STRICT);
 	EXPECT_TRUE(ret == 0 || errno == EIO) TH_LOG("mbind: %s", strerror(errno));
-	EXPECT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	EXPECT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 	EXPECT_EQ(0UL, pages_off_node(buf, BUF_SIZE, self->part.nid));
 
 	/* migrate_pages(2) of the whole process to the other node. */
@@ -363,7 +214,7 @@ TEST_F_TIMEOUT(bound, numa_migration_keeps_pages_in_partition, TIMEOUT)
 		ret = syscall(SYS_migrate_pages, 0, 64, &mask, &new);
 		EXPECT_LE(0, ret) TH_LOG("migrate_pages: %s", strerror(errno));
 	}
-	EXPECT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	EXPECT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 
 	/* move_pages(2), page by page: each reports it could not move. */
 	pages = calloc(nr, sizeof(*pages));
@@ -376,7 +227,7 @@ TEST_F_TIMEOUT(bound, numa_migration_keeps_pages_in_partition, TIMEOUT)
 	}
 	ret = syscall(SYS_move_pages, 0, nr, pages, nodes, status, MPOL_MF_MOVE);
 	EXPECT_LE(0, ret) TH_LOG("move_pages: %s", strerror(errno));
-	EXPECT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	EXPECT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 	for (i = 0; i < nr; i++)
 		if (status[i] == to)
 			break;
@@ -411,17 +262,9 @@ TEST_F_TIMEOUT(unbound, numa_migration_moves_unbound_memory, TIMEOUT)
 
 static bool swap_active(void)
 {
-	unsigned long total = ULONG_MAX;
-	char key[64];
-	FILE *f = fopen("/proc/meminfo", "r");
+	unsigned long total = hm_meminfo_kb("SwapTotal");
 
-	if (!f)
-		return false;
-	while (fscanf(f, "%63s %lu kB\n", key, &total) == 2)
-		if (!strcmp(key, "SwapTotal:"))
-			break;
-	fclose(f);
-	return strcmp(key, "SwapTotal:") == 0 && total > 0 && total != ULONG_MAX;
+	return total > 0 && total != ULONG_MAX;
 }
 
 /*
@@ -441,17 +284,17 @@ TEST_F_TIMEOUT(bound, swapin_keeps_pages_in_partition, TIMEOUT)
 		SKIP(return, "needs an active swap device");
 	buf = map_filled(BUF_SIZE, 4);
 	ASSERT_NE(NULL, buf);
-	ASSERT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	ASSERT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 
 	/* Exclusive swap entries on a synchronous device: the direct path. */
 	ASSERT_EQ(0, madvise(buf, BUF_SIZE, MADV_PAGEOUT));
-	ASSERT_LT(BUF_SIZE / PAGE / 2, pages_with(buf, BUF_SIZE, PM_SWAP));
+	ASSERT_LT(BUF_SIZE / PAGE / 2, hm_pages_with(buf, BUF_SIZE, PM_SWAP));
 	EXPECT_TRUE(check(buf, BUF_SIZE, 4));
-	EXPECT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	EXPECT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 
 	/* Shared swap entries: through the swap cache. */
 	ASSERT_EQ(0, madvise(buf, BUF_SIZE, MADV_PAGEOUT));
-	ASSERT_LT(BUF_SIZE / PAGE / 2, pages_with(buf, BUF_SIZE, PM_SWAP));
+	ASSERT_LT(BUF_SIZE / PAGE / 2, hm_pages_with(buf, BUF_SIZE, PM_SWAP));
 	ASSERT_EQ(0, pipe(pipefd));
 	pid = fork();
 	ASSERT_LE(0, pid);
@@ -463,10 +306,10 @@ TEST_F_TIMEOUT(bound, swapin_keeps_pages_in_partition, TIMEOUT)
 		_exit(check(buf, BUF_SIZE, 4) ? 0 : 1);
 	}
 	close(pipefd[0]);
-	copies = read_vmstat("hotmem_swapin_copy");
+	copies = hm_vmstat("hotmem_swapin_copy");
 	EXPECT_TRUE(check(buf, BUF_SIZE, 4));
-	EXPECT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
-	EXPECT_LT(copies, read_vmstat("hotmem_swapin_copy"));
+	EXPECT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
+	EXPECT_LT(copies, hm_vmstat("hotmem_swapin_copy"));
 	close(pipefd[1]);
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
 	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
@@ -475,9 +318,9 @@ TEST_F_TIMEOUT(bound, swapin_keeps_pages_in_partition, TIMEOUT)
 
 static int ksm_start(void)
 {
-	if (write_str(KSM "/pages_to_scan", "4096") ||
-	    write_str(KSM "/sleep_millisecs", "1") ||
-	    write_str(KSM "/run", "1"))
+	if (hm_write_str(KSM "/pages_to_scan", "4096") ||
+	    hm_write_str(KSM "/sleep_millisecs", "1") ||
+	    hm_write_str(KSM "/run", "1"))
 		return -1;
 	return 0;
 }
@@ -485,11 +328,11 @@ static int ksm_start(void)
 /* Wait for ksmd to finish @n more full scans; false on timeout. */
 static bool ksm_wait_scans(unsigned long n)
 {
-	unsigned long start = read_ulong(KSM "/full_scans");
+	unsigned long start = hm_read_ulong(KSM "/full_scans");
 	int i;
 
 	for (i = 0; i < 600; i++) {
-		if (read_ulong(KSM "/full_scans") >= start + n)
+		if (hm_read_ulong(KSM "/full_scans") >= start + n)
 			return true;
 		usleep(100000);
 	}
@@ -515,28 +358,28 @@ TEST_F_TIMEOUT(bound, ksm_never_merges_partition_pages, TIMEOUT)
 	ASSERT_NE(MAP_FAILED, buf);
 	madvise(buf, BUF_SIZE, MADV_NOHUGEPAGE);
 	memset(buf, 0x5a, BUF_SIZE);
-	ASSERT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	ASSERT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 	/* Unmerge whatever an earlier user left, then merge from scratch. */
-	ASSERT_EQ(0, write_str(KSM "/run", "2"));
-	sharing = read_ulong(KSM "/pages_sharing");
+	ASSERT_EQ(0, hm_write_str(KSM "/run", "2"));
+	sharing = hm_read_ulong(KSM "/pages_sharing");
 	ASSERT_EQ(0, madvise(buf, BUF_SIZE, MADV_MERGEABLE));
 	ASSERT_EQ(0, ksm_start());
 	ASSERT_TRUE(ksm_wait_scans(3));
 
-	EXPECT_EQ(0UL, pages_outside(&self->part, buf, BUF_SIZE));
+	EXPECT_EQ(0UL, hm_pages_outside(&self->part, buf, BUF_SIZE));
 	/*
 	 * Not /proc/kpageflags: its KPF_KSM is set for every anonymous page
 	 * in 6.12 (it tests mapping & PAGE_MAPPING_KSM, which is non-zero
 	 * for PAGE_MAPPING_ANON alone).
 	 */
-	EXPECT_EQ(0UL, read_ulong("/proc/self/ksm_merging_pages"));
-	EXPECT_EQ(sharing, read_ulong(KSM "/pages_sharing"));
+	EXPECT_EQ(0UL, hm_read_ulong("/proc/self/ksm_merging_pages"));
+	EXPECT_EQ(sharing, hm_read_ulong(KSM "/pages_sharing"));
 	for (off = 0; off < BUF_SIZE; off++)
 		if (buf[off] != 0x5a)
 			break;
 	EXPECT_EQ(BUF_SIZE, off);
 
-	write_str(KSM "/run", "2");
+	hm_write_str(KSM "/run", "2");
 }
 
 TEST_F_TIMEOUT(unbound, ksm_merges_unbound_memory, TIMEOUT)
@@ -546,18 +389,18 @@ TEST_F_TIMEOUT(unbound, ksm_merges_unbound_memory, TIMEOUT)
 
 	if (access(KSM "/run", F_OK))
 		SKIP(return, "no KSM");
-	write_str(KSM "/run", "2");
+	hm_write_str(KSM "/run", "2");
 	buf = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, buf);
 	madvise(buf, BUF_SIZE, MADV_NOHUGEPAGE);
 	memset(buf, 0x5a, BUF_SIZE);
-	before = read_ulong(KSM "/pages_sharing");
+	before = hm_read_ulong(KSM "/pages_sharing");
 	ASSERT_EQ(0, madvise(buf, BUF_SIZE, MADV_MERGEABLE));
 	ASSERT_EQ(0, ksm_start());
 	ASSERT_TRUE(ksm_wait_scans(3));
-	EXPECT_LT(before + BUF_SIZE / PAGE / 2, read_ulong(KSM "/pages_sharing"));
-	write_str(KSM "/run", "2");
+	EXPECT_LT(before + BUF_SIZE / PAGE / 2, hm_read_ulong(KSM "/pages_sharing"));
+	hm_write_str(KSM "/run", "2");
 }
 
 TEST_HARNESS_MAIN

@@ -20,9 +20,20 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use hotmem_host::AgentTransport as _;
 use hotmem_host::{Accel, Vm, VmConfig, VmError};
+use hotmem_host::{AgentTransport as _, MemoryDevice as _};
+
+const MIB: u64 = 1 << 20;
+/// The device block size of the HotMem tests that plug with the C driver:
+/// one Linux memory block, so virtio-mem uses big block mode and adds whole
+/// blocks that stay offline until the test onlines them.
+pub const BLOCK: u64 = 128 * MIB;
+/// The partition size those tests boot with (two blocks).
+pub const PARTITION: u64 = 256 * MIB;
+/// How long a plug or an unplug may take.
+pub const PLUG_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Root of the Cargo workspace (three levels above this package).
 pub fn workspace_root() -> PathBuf {
@@ -105,6 +116,37 @@ pub fn config(name: &str) -> VmConfig {
     let mut cfg = VmConfig::new(kernel, initrd, base.join(name));
     cfg.accel = accel;
     cfg
+}
+
+/// The configuration for HotMem test `name`: virtio-mem with [`BLOCK`]-sized
+/// device blocks, and `hotmem=on` with [`PARTITION`]-sized partitions, or
+/// `hotmem=off`.
+///
+/// # Panics
+/// Like [`config`].
+pub fn hotmem_config(name: &str, on: bool) -> VmConfig {
+    let mut cfg = config(name);
+    cfg.vmem_block_size = BLOCK;
+    cfg.append = if on {
+        format!("hotmem=on hotmem_partition_size={}M", PARTITION / MIB)
+    } else {
+        "hotmem=off".to_owned()
+    };
+    cfg
+}
+
+/// Asks the virtio-mem device for `bytes` and waits until exactly that much
+/// is plugged.
+///
+/// # Panics
+/// If QMP fails or the plugged size does not get there within
+/// [`PLUG_TIMEOUT`].
+pub fn plug(vm: &mut Vm, bytes: u64) {
+    vm.set_requested_size(bytes)
+        .or_panic("setting requested-size");
+    vm.wait_plugged(bytes, PLUG_TIMEOUT)
+        .or_panic("waiting for the plugged size");
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), bytes);
 }
 
 /// Boots the guest for test `name`.

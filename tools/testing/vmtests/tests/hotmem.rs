@@ -1,60 +1,56 @@
 //! HotMem zone and partition tests on a real guest (kernel series in
 //! `patches/`), using the generic sysfs online path and the C virtio-mem
-//! driver in big-block mode to plug and unplug.
+//! driver in big-block mode to plug and unplug.  What happens inside the
+//! guest is checked by the series' kselftests
+//! (`tools/testing/selftests/mm/hotmem_*.c`), which the initramfs carries.
 
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
+use hotmem_host::Vm;
 use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
-use hotmem_host::{Vm, VmConfig};
-use hotmem_vmtests::{config, has_or_skip, meminfo, vmstat, OrPanic};
+use hotmem_proto::ExecArgs;
+use hotmem_vmtests::{
+    config, has_or_skip, hotmem_config, meminfo, plug, vmstat, OrPanic, BLOCK, PARTITION,
+    PLUG_TIMEOUT,
+};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-/// The device block size: one Linux memory block, so virtio-mem uses big
-/// block mode and adds whole blocks that stay offline until we online them.
-const BLOCK: u64 = 128 * MIB;
-const PARTITION: u64 = 256 * MIB;
-const PLUG_TIMEOUT: Duration = Duration::from_secs(120);
-const GUEST_TESTS: &str = "/usr/lib/hotmem/tests";
-
-fn hotmem_config(name: &str, on: bool) -> VmConfig {
-    let mut cfg = config(name);
-    cfg.vmem_block_size = BLOCK;
-    cfg.append = if on {
-        format!("hotmem=on hotmem_partition_size={}M", PARTITION / MIB)
-    } else {
-        "hotmem=off".to_owned()
-    };
-    cfg
-}
-
-fn plug(vm: &mut Vm, bytes: u64) {
-    vm.set_requested_size(bytes)
-        .or_panic("setting requested-size");
-    vm.wait_plugged(bytes, PLUG_TIMEOUT)
-        .or_panic("waiting for the plugged size");
-    assert_eq!(vm.plugged_size().or_panic("plugged size"), bytes);
-}
+/// The series' kselftests, built into the initramfs.
+const GUEST_SELFTESTS: &str = "/usr/lib/hotmem/selftests";
+/// How long one kselftest program may run in the guest (TCG is slow).
+const SELFTEST_TIMEOUT: Duration = Duration::from_secs(1200);
 
 /// Plugs `n` partitions, onlines them with the C driver and the generic
-/// sysfs path, and checks that they are free.
+/// sysfs path (kselftest `hotmem_online`), and checks that they are free.
 fn plug_free_partitions(vm: &mut Vm, n: u64) {
     vm.set_command_timeout(Duration::from_secs(300));
     vm.exec_ok(&["modprobe", "virtio_mem"])
         .or_panic("modprobe virtio_mem");
     plug(vm, n * PARTITION);
-    guest_tap(vm, "hotmem_online.sh", &[&n.to_string()]);
+    online_partitions(vm, n);
 }
 
-/// Runs in-guest test `script` on one free partition, then unplugs it and
-/// checks that it went on the fast path.
-fn one_partition_then_fast_unplug(vm: &mut Vm, script: &str) {
+/// Kselftest `hotmem_online`: every offline block goes online into HotMem,
+/// they form `n` free partitions, and nothing else lands there (3 tests).
+fn online_partitions(vm: &mut Vm, n: u64) {
+    kselftest_with(
+        vm,
+        "hotmem_online",
+        &[],
+        &[("HOTMEM_PARTITIONS", &n.to_string())],
+        3,
+    );
+}
+
+/// Runs kselftest `name` (`tests` tests) on one free partition, then
+/// unplugs it and checks that it went on the fast path.
+fn one_partition_then_fast_unplug(vm: &mut Vm, name: &str, tests: usize) {
     plug_free_partitions(vm, 1);
-    let report = guest_tap(vm, script, &[]);
-    eprintln!("{report}");
+    kselftest(vm, name, tests);
     let fast_before = vmstat(vm, "hotmem_offline_fast");
     plug(vm, 0);
     assert_eq!(
@@ -64,19 +60,43 @@ fn one_partition_then_fast_unplug(vm: &mut Vm, script: &str) {
     assert_eq!(meminfo(vm, "HotMemTotal"), 0);
 }
 
-/// Runs an in-guest TAP test; fails with its output unless every test passed.
-fn guest_tap(vm: &mut Vm, script: &str, args: &[&str]) -> String {
-    let path = format!("{GUEST_TESTS}/{script}");
-    let mut argv = vec![path.as_str()];
-    argv.extend_from_slice(args);
-    let out = vm.exec(&argv).or_panic(script);
+/// Runs kselftest `name`: all `tests` must pass, none may skip.
+fn kselftest(vm: &mut Vm, name: &str, tests: usize) {
+    kselftest_with(vm, name, &[], &[], tests);
+}
+
+/// Runs kselftest `name` with harness arguments `args` (e.g. `-f empty`
+/// for one fixture) and environment `env`: all `tests` must pass, none may
+/// skip.
+fn kselftest_with(vm: &mut Vm, name: &str, args: &[&str], env: &[(&str, &str)], tests: usize) {
+    let path = format!("{GUEST_SELFTESTS}/{name}");
+    let argv = std::iter::once(path.as_str())
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    let env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let timeout_ms = u64::try_from(SELFTEST_TIMEOUT.as_millis()).unwrap();
+    let out = vm
+        .exec_args(ExecArgs {
+            argv,
+            env,
+            timeout_ms: Some(timeout_ms),
+        })
+        .or_panic(name);
     let report = format!("{}{}", out.stdout, out.stderr);
+    eprintln!("{report}");
+    let passed = report.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(
-        out.success() && !report.contains("not ok") && report.contains("\nok "),
-        "{script} failed:\n{report}\nconsole:\n{}",
+        out.success()
+            && !report.contains("not ok")
+            && !report.contains("# SKIP")
+            && passed == tests,
+        "{name} {args:?} failed or skipped ({passed} of {tests} passed):\n{report}\nconsole:\n{}",
         vm.console_tail(40)
     );
-    report
 }
 
 /// The built-in KUnit suite `suite` ran at boot and every case passed.
@@ -112,8 +132,7 @@ fn hotmem_sysfs_online_and_fast_offline() {
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
 
     plug(&mut vm, GIB);
-    let parts = (GIB / PARTITION).to_string();
-    guest_tap(&mut vm, "hotmem_online.sh", &[&parts]);
+    online_partitions(&mut vm, GIB / PARTITION);
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), GIB / 1024);
 
     // Unplug everything: virtio-mem offlines and removes each block, and
@@ -227,8 +246,7 @@ fn hotmem_bind_route_oom_and_lifetime() {
     let mut vm = Vm::boot(&hotmem_config("hotmem_bind_route_oom_and_lifetime", true))
         .or_panic("booting a hotmem=on guest");
     plug_free_partitions(&mut vm, 2);
-    let report = guest_tap(&mut vm, "hotmem_bind.sh", &[]);
-    eprintln!("{report}");
+    kselftest(&mut vm, "hotmem_bind", 8);
 
     // Every instance has exited: the partitions unplug on the fast path.
     let fast_before = vmstat(&mut vm, "hotmem_offline_fast");
@@ -248,7 +266,7 @@ fn hotmem_full_partition_does_not_stall_khugepaged() {
         true,
     ))
     .or_panic("booting a hotmem=on guest");
-    one_partition_then_fast_unplug(&mut vm, "hotmem_khugepaged.sh");
+    one_partition_then_fast_unplug(&mut vm, "hotmem_khugepaged", 1);
     vm.shutdown().or_panic("shutdown");
 }
 
@@ -271,7 +289,7 @@ fn hotmem_hwpoisoned_pages_do_not_pin_partitions() {
         vm.shutdown().or_panic("shutdown");
         return;
     }
-    one_partition_then_fast_unplug(&mut vm, "hotmem_hwpoison.sh");
+    one_partition_then_fast_unplug(&mut vm, "hotmem_hwpoison", 2);
     vm.shutdown().or_panic("shutdown");
 }
 
@@ -284,7 +302,7 @@ fn hotmem_draining_partition_slow_offline() {
     ))
     .or_panic("booting a hotmem=on guest");
     // Once the pipe is gone the partition unplugs on the fast path.
-    one_partition_then_fast_unplug(&mut vm, "hotmem_drain.sh");
+    one_partition_then_fast_unplug(&mut vm, "hotmem_drain", 2);
     vm.shutdown().or_panic("shutdown");
 }
 
@@ -296,7 +314,7 @@ fn hotmem_partition_geometry_boot_and_runtime() {
         true,
     ))
     .or_panic("booting a hotmem=on guest");
-    guest_tap(&mut vm, "hotmem_geometry.sh", &["empty"]);
+    kselftest_with(&mut vm, "hotmem_geometry", &["-f", "empty"], &[], 3);
     vm.exec_ok(&["modprobe", "virtio_mem"])
         .or_panic("modprobe virtio_mem");
     plug(&mut vm, 2 * BLOCK);
@@ -319,7 +337,7 @@ fn hotmem_partition_geometry_boot_and_runtime() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    guest_tap(&mut vm, "hotmem_geometry.sh", &["plugged"]);
+    kselftest_with(&mut vm, "hotmem_geometry", &["-f", "plugged"], &[], 1);
     plug(&mut vm, 0);
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 0);
     vm.shutdown().or_panic("shutdown");
@@ -424,26 +442,6 @@ fn hotmem_online_refuses_sub_block_memory() {
         .or_panic("online_movable after a refused online_hotmem");
     plug(&mut vm, 0);
     vm.shutdown().or_panic("shutdown");
-}
-
-/// The series' kselftests, built into the initramfs.
-const GUEST_SELFTESTS: &str = "/usr/lib/hotmem/selftests";
-
-/// Runs kselftest `name` in the guest: all `tests` must pass, none skip.
-fn kselftest(vm: &mut Vm, name: &str, tests: usize) {
-    let path = format!("{GUEST_SELFTESTS}/{name}");
-    let out = vm.exec(&[path.as_str()]).or_panic(name);
-    let report = format!("{}{}", out.stdout, out.stderr);
-    eprintln!("{report}");
-    let passed = report.lines().filter(|l| l.starts_with("ok ")).count();
-    assert!(
-        out.success()
-            && !report.contains("not ok")
-            && !report.contains("# SKIP")
-            && passed == tests,
-        "{name} failed or skipped ({passed} of {tests} passed):\n{report}\nconsole:\n{}",
-        vm.console_tail(40)
-    );
 }
 
 /// A bound instance's memory stays in its partition on every route that

@@ -18,29 +18,10 @@
 use std::env;
 use std::time::{Duration, Instant};
 
-use hotmem_host::{AgentTransport as _, Guest as _, MemoryDevice as _};
-use hotmem_host::{Vm, VmConfig};
-use hotmem_vmtests::{config, meminfo, vmstat, OrPanic};
+use hotmem_host::{AgentTransport as _, Guest as _, Vm};
+use hotmem_vmtests::{hotmem_config, meminfo, plug, vmstat, OrPanic, BLOCK, PARTITION};
 
-const MIB: u64 = 1 << 20;
-const BLOCK: u64 = 128 * MIB;
-const PARTITION: u64 = 256 * MIB;
-const PLUG_TIMEOUT: Duration = Duration::from_secs(120);
 const BYSTANDER_FILL: u8 = 0xa5;
-
-fn soak_config() -> VmConfig {
-    let mut cfg = config("hotmem_soak");
-    cfg.vmem_block_size = BLOCK;
-    cfg.append = format!("hotmem=on hotmem_partition_size={}M", PARTITION / MIB);
-    cfg
-}
-
-fn plug(vm: &mut Vm, bytes: u64) {
-    vm.set_requested_size(bytes)
-        .or_panic("setting requested-size");
-    vm.wait_plugged(bytes, PLUG_TIMEOUT)
-        .or_panic("waiting for the plugged size");
-}
 
 /// Onlines every offline memory block into HotMem.
 const ONLINE: &str = "for b in /sys/devices/system/memory/memory*; do \
@@ -72,7 +53,8 @@ fn gauges(vm: &mut Vm, bystander_part: &str) -> Vec<(String, u64)> {
 fn hotmem_soak() {
     let cycles: u64 = env::var("HOTMEM_SOAK_CYCLES")
         .map_or(1000, |s| s.parse().expect("HOTMEM_SOAK_CYCLES: a number"));
-    let mut vm = Vm::boot(&soak_config()).or_panic("booting a hotmem=on guest");
+    let mut vm =
+        Vm::boot(&hotmem_config("hotmem_soak", true)).or_panic("booting a hotmem=on guest");
     vm.set_command_timeout(Duration::from_secs(300));
     vm.exec_ok(&["modprobe", "virtio_mem"])
         .or_panic("modprobe virtio_mem");
