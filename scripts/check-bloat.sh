@@ -29,7 +29,8 @@ die() { printf 'check-bloat: error: %s\n' "$*" >&2; exit 1; }
 base=$(git -C "$src" rev-parse pristine)
 
 # C files that exist in the pristine tree and that the series changes.
-mapfile -t changed < <(git -C "$src" diff --name-only "$base" HEAD -- '*.c')
+head=$(git -C "$src" rev-parse "${SERIES_HEAD:-HEAD}")
+mapfile -t changed < <(git -C "$src" diff --name-only "$base" "$head" -- '*.c')
 files=()
 for f in "${changed[@]}" $always; do
 	[ -f "$src/$f" ] || continue
@@ -42,10 +43,20 @@ for f in "${changed[@]}" $always; do
 	files+=("$f")
 done
 
+swt=$src
 rm -rf "$wt" "$out"
 git -C "$src" worktree prune
 git -C "$src" worktree add -q --detach "$wt" "$base"
 trap 'git -C "$src" worktree remove --force "$wt" >/dev/null 2>&1 || true' EXIT
+if [ -n "${SERIES_HEAD:-}" ]; then
+	# Another state of the series than the checked-out tree.
+	swt=$build/bloat-series
+	rm -rf "$swt"
+	git -C "$src" worktree prune
+	git -C "$src" worktree add -q --detach "$swt" "$head"
+	trap 'git -C "$src" worktree remove --force "$wt" >/dev/null 2>&1 || true
+		git -C "$src" worktree remove --force "$swt" >/dev/null 2>&1 || true' EXIT
+fi
 mkdir -p "$obj" "$out/pristine" "$out/series"
 
 cp "$build/linux-obj/.config" "$obj/.config"
@@ -71,7 +82,7 @@ build_objs() {  # build_objs SRC DEST
 }
 
 build_objs "$wt" "$out/pristine"
-build_objs "$src" "$out/series"
+build_objs "$swt" "$out/series"
 
 grew=0
 total=0

@@ -24,7 +24,7 @@ always="mm/page_alloc.c mm/memory_hotplug.c mm/vmstat.c"
 
 [ -f "$obj/vmlinux" ] || { echo "check-series: build the kernel first (make kernel)" >&2; exit 2; }
 base=$(git -C "$src" rev-parse pristine)
-mapfile -t commits < <(git -C "$src" rev-list --reverse "$base..HEAD")
+mapfile -t commits < <(git -C "$src" rev-list --reverse "$base..${SERIES_HEAD:-HEAD}")
 
 rm -rf "$wt" "$out"
 git -C "$src" worktree prune
