@@ -153,6 +153,16 @@ pub struct VmConfig {
     pub vmem_requested: u64,
     /// NUMA node of the virtio-mem device (default 0).
     pub vmem_node: u32,
+    /// Whether QEMU reserves swap space for the whole virtio-mem region up
+    /// front (default true). `false` (`reserve=off`, `MAP_NORESERVE`) lets
+    /// a region larger than the host's memory plus swap be mapped, e.g.
+    /// 256 GiB on a 24 GiB host: only what the guest plugs and touches is
+    /// ever backed.
+    pub vmem_reserve: bool,
+    /// Whether the device preallocates the memory of every block it plugs
+    /// before it answers the PLUG (`prealloc=on`; default false): each PLUG
+    /// takes the time to populate its blocks.
+    pub vmem_prealloc: bool,
     /// Number of NUMA nodes (default 1); boot memory is split between them.
     pub numa_nodes: u32,
     /// Where sockets and logs go.
@@ -182,6 +192,8 @@ impl VmConfig {
             vmem_block_size: 2 * MIB,
             vmem_requested: 0,
             vmem_node: 0,
+            vmem_reserve: true,
+            vmem_prealloc: false,
             numa_nodes: 1,
             run_dir: run_dir.into(),
             boot_timeout: Duration::from_secs(120),
@@ -335,14 +347,24 @@ impl VmConfig {
     /// The virtio-mem memory backend and device.
     fn push_vmem(&self, a: &mut Args) {
         a.push("-object").push(format!(
-            "memory-backend-ram,id=vmem0,size={}",
-            qemu_size(self.vmem_size)
+            "memory-backend-ram,id=vmem0,size={}{}",
+            qemu_size(self.vmem_size),
+            if self.vmem_reserve {
+                ""
+            } else {
+                ",reserve=off"
+            }
         ));
         a.push("-device").push(format!(
-            "virtio-mem-pci,id=vm0,memdev=vmem0,node={},block-size={},requested-size={}",
+            "virtio-mem-pci,id=vm0,memdev=vmem0,node={},block-size={},requested-size={}{}",
             self.vmem_node,
             qemu_size(self.vmem_block_size),
-            qemu_size(self.vmem_requested)
+            qemu_size(self.vmem_requested),
+            if self.vmem_prealloc {
+                ",prealloc=on"
+            } else {
+                ""
+            }
         ));
     }
 }
@@ -465,6 +487,29 @@ mod tests {
             &"virtio-mem-pci,id=vm0,memdev=vmem0,node=0,block-size=4M,requested-size=512M".into()
         ));
         assert!(after(&a, "-numa").is_empty());
+    }
+
+    #[test]
+    fn vmem_reserve_off_and_prealloc() {
+        let mut cfg = VmConfig::new("k", "i", "/d");
+        cfg.vmem_size = 256 * GIB;
+        cfg.vmem_block_size = 128 * MIB;
+        cfg.vmem_reserve = false;
+        let a = args(&cfg);
+        assert!(
+            after(&a, "-object").contains(&"memory-backend-ram,id=vmem0,size=256G,reserve=off"),
+            "{a:?}"
+        );
+        assert_eq!(after(&a, "-m"), ["1G,maxmem=257G"]);
+        assert!(!a.iter().any(|x| x.contains("prealloc")));
+        cfg.vmem_reserve = true;
+        cfg.vmem_prealloc = true;
+        let a = args(&cfg);
+        assert!(after(&a, "-object").contains(&"memory-backend-ram,id=vmem0,size=256G"));
+        assert!(after(&a, "-device").contains(
+            &"virtio-mem-pci,id=vm0,memdev=vmem0,node=0,block-size=128M,requested-size=0,\
+              prealloc=on"
+        ));
     }
 
     #[test]

@@ -324,6 +324,13 @@ struct VmArgs {
     /// NUMA node of the virtio-mem device [default: 0].
     #[arg(long)]
     vmem_node: Option<u32>,
+    /// Do not reserve swap space for the virtio-mem region (QEMU
+    /// `reserve=off`): lets a region larger than host memory be mapped.
+    #[arg(long)]
+    vmem_no_reserve: bool,
+    /// Preallocate each block the device plugs (QEMU `prealloc=on`).
+    #[arg(long)]
+    vmem_prealloc: bool,
     /// Number of NUMA nodes [default: 1].
     #[arg(long)]
     numa_nodes: Option<u32>,
@@ -346,6 +353,8 @@ impl VmArgs {
         cfg.vmem_block_size = self.vmem_block_size.unwrap_or(cfg.vmem_block_size);
         cfg.vmem_requested = self.vmem_requested.unwrap_or(cfg.vmem_requested);
         cfg.vmem_node = self.vmem_node.unwrap_or(cfg.vmem_node);
+        cfg.vmem_reserve = !self.vmem_no_reserve;
+        cfg.vmem_prealloc = self.vmem_prealloc;
         cfg.numa_nodes = self.numa_nodes.unwrap_or(cfg.numa_nodes);
         if let Some(timeout) = self.boot_timeout {
             cfg.boot_timeout = timeout;
