@@ -502,12 +502,14 @@ static inline bool hm_settle(void)
 /*
  * A child process that sets something up (binds, maps, fills), reports a
  * number through hm_child_ready() and then holds on until the test calls
- * hm_child_release(); its exit status is the verdict.
+ * hm_child_release(); its exit status is the verdict.  Children forked
+ * later inherit the pipes of earlier ones, so release is a byte written,
+ * not the end of the pipe, and a child that died is noticed by its pid.
  */
 struct hm_child {
 	pid_t pid;
 	int ready[2];	/* child -> test: one long when set up */
-	int go[2];	/* test -> child: closed to release */
+	int go[2];	/* test -> child: a byte to release it */
 };
 
 /*
@@ -525,6 +527,7 @@ static inline int hm_child_start(struct hm_child *c,
 		close(c->ready[1]);
 		return -errno;
 	}
+	signal(SIGPIPE, SIG_IGN);
 	fflush(stdout);
 	fflush(stderr);
 	c->pid = fork();
@@ -556,33 +559,7 @@ static inline void hm_child_hold(struct hm_child *c)
 		;
 }
 
-/*
- * In the test: wait up to @ms for the child's report.  0 and *@val, or
- * -ETIMEDOUT, or -EPIPE if the child ended without reporting.
- */
-static inline int hm_child_wait_ready(struct hm_child *c, long *val, int ms)
-{
-	struct pollfd pfd = { .fd = c->ready[0], .events = POLLIN };
-	int ret;
-
-	do {
-		ret = poll(&pfd, 1, ms);
-	} while (ret < 0 && errno == EINTR);
-	if (ret == 0)
-		return -ETIMEDOUT;
-	if (read(c->ready[0], val, sizeof(*val)) != sizeof(*val))
-		return -EPIPE;
-	return 0;
-}
-
-static inline void hm_child_release(struct hm_child *c)
-{
-	if (c->go[1] >= 0)
-		close(c->go[1]);
-	c->go[1] = -1;
-}
-
-/* Whether the child is still running. */
+/* Whether the child is still running (not yet reaped either way). */
 static inline bool hm_child_alive(struct hm_child *c)
 {
 	siginfo_t info = {};
@@ -590,6 +567,40 @@ static inline bool hm_child_alive(struct hm_child *c)
 	return c->pid > 0 &&
 	       !waitid(P_PID, c->pid, &info, WEXITED | WNOHANG | WNOWAIT) &&
 	       info.si_pid == 0;
+}
+
+/*
+ * In the test: wait up to @ms for the child's report.  0 and *@val, or
+ * -ETIMEDOUT, or -EPIPE if the child ended without reporting.
+ */
+static inline int hm_child_wait_ready(struct hm_child *c, long *val, int ms)
+{
+	struct pollfd pfd = { .fd = c->ready[0], .events = POLLIN };
+	unsigned long end = hm_now_ms() + ms;
+	bool alive;
+	int ret;
+
+	do {
+		alive = hm_child_alive(c);
+		ret = poll(&pfd, 1, alive ? 100 : 0);
+		if (ret > 0)
+			return read(c->ready[0], val, sizeof(*val)) == sizeof(*val) ?
+			       0 : -EPIPE;
+		if (!alive)
+			return -EPIPE;
+	} while (hm_now_ms() < end);
+	return -ETIMEDOUT;
+}
+
+static inline void hm_child_release(struct hm_child *c)
+{
+	if (c->go[1] < 0)
+		return;
+	/* EPIPE if it is gone already (SIGPIPE is ignored). */
+	if (write(c->go[1], "", 1) < 0 && errno != EPIPE)
+		perror("# releasing a child");
+	close(c->go[1]);
+	c->go[1] = -1;
 }
 
 /*
