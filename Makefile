@@ -32,7 +32,7 @@ help:
 	@echo "make initramfs  busybox + guest agent + modules + in-guest tests"
 	@echo "make guest-debug  the same with the debug kernel (lockdep, DEBUG_VM, KFENCE) in build/guest-debug"
 	@echo "make check      unit tests, lints and VM tests (what CI runs)"
-	@echo "make check-series  compile what each patch touches, patch by patch"
+	@echo "make check-series  compile what each patch touches, patch by patch; bloat-o-meter with CONFIG_HOTMEM=n"
 	@echo "make soak       1000 plug/bind/exit/unplug cycles next to a bystander (SOAK_CYCLES=N)"
 	@echo "make demo       scale instances up/down on HotMem and vanilla guests, side by side"
 	@echo "                (a fresh private run directory under build/demo each time)"

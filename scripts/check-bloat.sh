@@ -6,8 +6,8 @@
 # source and once from the patched one, with the guest configuration minus
 # HOTMEM (and minus RUST and KUnit, which only slow this down), and compare
 # each pair with scripts/bloat-o-meter.  Any growth fails.  Run by
-# `make check-series`; not yet part of `make check`, because the series
-# still grows a few functions (see the closing notes of issue 9).
+# `make check-series` (it compiles 18 objects twice, 2 to 8 minutes here).
+# SERIES_HEAD=<commit> checks that state of build/linux instead of HEAD.
 #
 # Headers the series changes are covered through the C files that include
 # them (every changed C file, plus mm/page_alloc.c, mm/memory.c and
