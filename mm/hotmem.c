@@ -107,8 +107,7 @@ static const char * const hotmem_state_names[NR_HOTMEM_STATES] = {
  * Invariant: every page of an online block is on @free_list, in use, or
  * poisoned; no page is in use exactly when @nr_free + @nr_poisoned ==
  * @nr_managed (hotmem_part_empty()), which always holds in POPULATING and
- * FREE, and in OFFLINING unless @prev_state is DRAINING.
- * Buddies never
+ * FREE, and in OFFLINING unless @prev_state is DRAINING.  Buddies never
  * merge across partitions because partitions are aligned to their size,
  * which is at least a memory block and so larger than a max-order buddy.
  *
@@ -286,6 +285,7 @@ static inline struct hotmem_part *hotmem_pfn_to_part(unsigned long pfn)
 /* Caller holds part->lock.  Whether no page of the partition is in use. */
 static inline bool hotmem_part_empty(const struct hotmem_part *part)
 {
+	lockdep_assert_held(&part->lock);
 	return part->nr_free + part->nr_poisoned == part->nr_managed;
 }
 
@@ -315,6 +315,7 @@ static void __hotmem_free_one(struct hotmem_part *part, struct page *page,
 	unsigned long buddy_pfn;
 	struct page *buddy;
 
+	lockdep_assert_held(&part->lock);
 	while (order < MAX_PAGE_ORDER) {
 		buddy = find_buddy_page_pfn(page, pfn, order, &buddy_pfn);
 		if (!buddy)
@@ -341,6 +342,7 @@ static unsigned long hotmem_free_unpoisoned(struct hotmem_part *part,
 {
 	unsigned long i, nr = 1UL << order, freed = 0;
 
+	lockdep_assert_held(&part->lock);
 	for (i = 0; i < nr; i++)
 		if (PageHWPoison(page + i))
 			break;
@@ -900,6 +902,7 @@ unsigned long hotmem_offline_commit(unsigned long pfn, unsigned long nr_pages,
 static void hotmem_take_off_buddy(struct hotmem_part *part, struct page *head,
 				  struct page *target, unsigned int order)
 {
+	lockdep_assert_held(&part->lock);
 	hotmem_del_free(head);
 	while (order) {
 		order--;
@@ -1209,6 +1212,7 @@ static struct page *__hotmem_rmqueue(struct hotmem_part *part,
 	unsigned int cur;
 	struct page *page;
 
+	lockdep_assert_held(&part->lock);
 	for (cur = order; cur < NR_PAGE_ORDERS; cur++) {
 		page = list_first_entry_or_null(&part->free_list[cur],
 						struct page, buddy_list);

@@ -95,8 +95,21 @@ static void hotmem_test_assert_merged(struct kunit *test,
 static void hotmem_test_free(struct hotmem_test_block *b, struct page *page,
 			     unsigned int order)
 {
+	spin_lock_irq(&b->part.lock);
 	__hotmem_free_one(&b->part, page, page_to_pfn(page), order);
 	b->part.nr_free += 1UL << order;
+	spin_unlock_irq(&b->part.lock);
+}
+
+static struct page *hotmem_test_rmqueue(struct hotmem_part *part,
+					unsigned int order)
+{
+	struct page *page;
+
+	spin_lock_irq(&part->lock);
+	page = __hotmem_rmqueue(part, order);
+	spin_unlock_irq(&part->lock);
+	return page;
 }
 
 /* An order-0 allocation splits the block once per order; freeing merges it. */
@@ -106,7 +119,7 @@ static void hotmem_test_split_merge(struct kunit *test)
 	struct page *page;
 	unsigned int order;
 
-	page = __hotmem_rmqueue(&b->part, 0);
+	page = hotmem_test_rmqueue(&b->part, 0);
 	KUNIT_ASSERT_NOT_NULL(test, page);
 	KUNIT_EXPECT_PTR_EQ(test, page, b->page);
 	KUNIT_EXPECT_FALSE(test, PageBuddy(page));
@@ -126,11 +139,11 @@ static void hotmem_test_exhaust(struct kunit *test)
 	const unsigned int order = MAX_PAGE_ORDER - 1;
 	struct page *first, *second;
 
-	first = __hotmem_rmqueue(&b->part, order);
-	second = __hotmem_rmqueue(&b->part, order);
+	first = hotmem_test_rmqueue(&b->part, order);
+	second = hotmem_test_rmqueue(&b->part, order);
 	KUNIT_ASSERT_NOT_NULL(test, first);
 	KUNIT_ASSERT_NOT_NULL(test, second);
-	KUNIT_EXPECT_NULL(test, __hotmem_rmqueue(&b->part, 0));
+	KUNIT_EXPECT_NULL(test, hotmem_test_rmqueue(&b->part, 0));
 	KUNIT_EXPECT_EQ(test, b->part.nr_free, 0);
 
 	/* Free in the other order: merging must not depend on it. */
@@ -148,7 +161,7 @@ static void hotmem_test_scattered_free(struct kunit *test)
 	unsigned int i;
 
 	for (i = 0; i < ARRAY_SIZE(pages); i++) {
-		pages[i] = __hotmem_rmqueue(&b->part, i % 3);
+		pages[i] = hotmem_test_rmqueue(&b->part, i % 3);
 		KUNIT_ASSERT_NOT_NULL(test, pages[i]);
 	}
 	for (i = 0; i < ARRAY_SIZE(pages); i += 2)
@@ -178,7 +191,7 @@ static void hotmem_test_users(struct kunit *test)
 	/* Released with a page still in use: draining until it comes back. */
 	part->state = HOTMEM_BOUND;
 	part->users = 1;
-	page = __hotmem_rmqueue(part, 0);
+	page = hotmem_test_rmqueue(part, 0);
 	KUNIT_ASSERT_NOT_NULL(test, page);
 	KUNIT_EXPECT_EQ(test, __hotmem_part_put(part), HOTMEM_DRAINING);
 	hotmem_test_free(b, page, 0);
@@ -197,7 +210,7 @@ static void hotmem_test_offline_claims_draining(struct kunit *test)
 	struct hotmem_part *part = &b->part;
 	struct page *page;
 
-	page = __hotmem_rmqueue(part, 0);
+	page = hotmem_test_rmqueue(part, 0);
 	KUNIT_ASSERT_NOT_NULL(test, page);
 	part->state = HOTMEM_DRAINING;
 
@@ -232,7 +245,7 @@ static void hotmem_test_offline_cancel(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, part->state, HOTMEM_BOUND);
 
 	/* Still in use when the slow path gives up: back to DRAINING. */
-	page = __hotmem_rmqueue(part, 0);
+	page = hotmem_test_rmqueue(part, 0);
 	KUNIT_ASSERT_NOT_NULL(test, page);
 	part->state = HOTMEM_DRAINING;
 	KUNIT_EXPECT_EQ(test, __hotmem_offline_begin(part), -EAGAIN);
@@ -296,8 +309,10 @@ static void hotmem_test_take_off(struct kunit *test)
 	unsigned long pages = 0;
 	unsigned int order;
 
+	spin_lock_irq(&part->lock);
 	hotmem_take_off_buddy(part, b->page, target, MAX_PAGE_ORDER);
 	part->nr_free--;
+	spin_unlock_irq(&part->lock);
 	KUNIT_EXPECT_FALSE(test, PageBuddy(target));
 	for (order = 0; order < NR_PAGE_ORDERS; order++)
 		pages += hotmem_test_list_len(part, order) << order;
