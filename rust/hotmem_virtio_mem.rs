@@ -17,7 +17,16 @@
 //! and planner, the retry policy, sysfs parsing and errnos, and the
 //! driver's work itself (`driver::Vmem`, over the `driver::Env` trait).
 //! This file implements `Env` with `kernel::virtio` and `kernel::hotmem`,
-//! and holds the device, its work item and its sysfs files. Its one
+//! and holds the device, its work item and its sysfs files: the values and
+//! triggers of the group, and one directory per partition
+//! (`partitions/part<id>/state`).
+//!
+//! Two locks: `ops` serializes whoever works on the device (the work item,
+//! an explicit unplug, the teardown) and is held while it waits for the
+//! device; `view` holds the state sysfs reads, which the holder of `ops`
+//! publishes before each wait (with the partition concerned in its
+//! transitional state) and after each operation, and is never held across
+//! a wait. Its one
 //! `unsafe` block is the call that hands plugged memory to the kernel
 //! (`hotmem::add_partitions()`). See
 //! `Documentation/admin-guide/mm/hotmem-virtio-mem.rst`.
@@ -44,7 +53,8 @@ use logic::{control, driver, partition, wire};
 
 use control::Refusal;
 use driver::{
-    Env, KernelState, Level, ProbeError, RemoveError, RequestError, UnplugFailure, Value, Vmem,
+    Env, Kernel, KernelState, Level, ProbeError, RemoveError, RequestError, UnplugFailure, Value,
+    Vmem,
 };
 use partition::PartState;
 use wire::{Config, ConfigField, Geometry, Request, Response};
@@ -101,8 +111,17 @@ struct KernelEnv<'a> {
     /// again.
     fixed: Config,
     vq: &'a mut virtio::Virtqueue,
-    index: u32,
+    /// Where the state is published for sysfs (none during probe, when
+    /// nobody can read it).
+    view: Option<&'a Mutex<View>>,
+    kernel: ReadEnv,
     nid: i32,
+}
+
+/// The kernel for `driver::Vmem` when it only reads (sysfs): no device.
+#[derive(Clone, Copy)]
+struct ReadEnv {
+    index: u32,
     partition_size: u64,
 }
 
@@ -145,7 +164,7 @@ fn read_dynamic_config(transport: &virtio::Transport, fixed: Config) -> Result<C
     })
 }
 
-impl KernelEnv<'_> {
+impl ReadEnv {
     fn not_added_or_in_use(&mut self, addr: u64) -> KernelState {
         if hotmem::memory_added(addr, self.partition_size) {
             KernelState::InUse
@@ -155,9 +174,47 @@ impl KernelEnv<'_> {
     }
 }
 
-impl Env for KernelEnv<'_> {
+impl Kernel for ReadEnv {
     type Error = Error;
 
+    fn kernel_state(&mut self, addr: u64) -> KernelState {
+        match hotmem::partition_info(addr) {
+            // Not a HotMem partition, or no block of it online: not added
+            // only if no memory at all (offline blocks, another driver's
+            // memory in another zone) is added there.
+            Err(e) if e == ENOENT => self.not_added_or_in_use(addr),
+            Ok(i) if i.state == hotmem::State::Absent && i.online_blocks == 0 => {
+                self.not_added_or_in_use(addr)
+            }
+            Ok(i) if i.state == hotmem::State::Free && i.users == 0 => KernelState::Free,
+            // Bound, draining, in the middle of a transition, a state this
+            // driver does not know, or no answer: in use.
+            _ => KernelState::InUse,
+        }
+    }
+
+    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
+        match level {
+            Level::Info => pr_info!("virtio{}: {}\n", self.index, args),
+            Level::Warn => pr_warn!("virtio{}: {}\n", self.index, args),
+            Level::Err => pr_err!("virtio{}: {}\n", self.index, args),
+        }
+    }
+}
+
+impl Kernel for KernelEnv<'_> {
+    type Error = Error;
+
+    fn kernel_state(&mut self, addr: u64) -> KernelState {
+        self.kernel.kernel_state(addr)
+    }
+
+    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
+        self.kernel.log(level, args)
+    }
+}
+
+impl Env for KernelEnv<'_> {
     fn read_config(&mut self) -> Result<Config> {
         read_dynamic_config(self.transport, self.fixed)
     }
@@ -201,36 +258,20 @@ impl Env for KernelEnv<'_> {
         })
     }
 
-    fn kernel_state(&mut self, addr: u64) -> KernelState {
-        match hotmem::partition_info(addr) {
-            // Not a HotMem partition, or no block of it online: not added
-            // only if no memory at all (offline blocks, another driver's
-            // memory in another zone) is added there.
-            Err(e) if e == ENOENT => self.not_added_or_in_use(addr),
-            Ok(i) if i.state == hotmem::State::Absent && i.online_blocks == 0 => {
-                self.not_added_or_in_use(addr)
-            }
-            Ok(i) if i.state == hotmem::State::Free && i.users == 0 => KernelState::Free,
-            // Bound, draining, in the middle of a transition, a state this
-            // driver does not know, or no answer: in use.
-            _ => KernelState::InUse,
+    fn publish(&mut self, parts: &[PartState], st: &driver::State) {
+        if let Some(view) = self.view {
+            view.lock().set(parts, st);
         }
     }
 
     fn memory_added(&mut self, addr: u64, size: u64) -> bool {
         hotmem::memory_added(addr, size)
     }
-
-    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
-        match level {
-            Level::Info => pr_info!("virtio{}: {}\n", self.index, args),
-            Level::Warn => pr_warn!("virtio{}: {}\n", self.index, args),
-            Level::Err => pr_err!("virtio{}: {}\n", self.index, args),
-        }
-    }
 }
 
-/// What the driver knows about a device, under `VmemDev::inner`.
+/// What the driver knows about a device, under `VmemDev::ops`: held by
+/// whoever works on the device (the work item, an explicit unplug, the
+/// teardown), also while it waits for the device.
 struct Inner {
     vq: virtio::Virtqueue,
     parts: KVec<PartState>,
@@ -239,6 +280,25 @@ struct Inner {
     /// memory is left added in it, for the next instance to take over:
     /// see `hotmem::Region`).
     region: Option<hotmem::Region>,
+}
+
+/// What sysfs reads, under `VmemDev::view`: the state as the holder of
+/// `ops` last published it (`Env::publish`), before every wait for the
+/// device or the kernel and after every operation. Never held across a
+/// wait, so reads return at once while a request is outstanding; they see
+/// the partitions concerned in their transitional states.
+struct View {
+    parts: KVec<PartState>,
+    st: driver::State,
+}
+
+impl View {
+    fn set(&mut self, parts: &[PartState], st: &driver::State) {
+        if self.parts.len() == parts.len() {
+            self.parts.copy_from_slice(parts);
+        }
+        self.st = *st;
+    }
 }
 
 /// One virtio-mem device.
@@ -259,7 +319,9 @@ struct VmemDev {
     /// if it is set.
     kicked: AtomicBool,
     #[pin]
-    inner: Mutex<Inner>,
+    ops: Mutex<Inner>,
+    #[pin]
+    view: Mutex<View>,
     /// Wakes a work step that waits to retry (BUSY), without the lock.
     #[pin]
     wake: CondVar,
@@ -317,10 +379,12 @@ struct Site<'a> {
     nid: i32,
 }
 
-/// Runs `f` on the driver's view of the device and its environment.
+/// Runs `f` on the driver's view of the device and its environment, and
+/// publishes the state for sysfs afterwards (into `view`, if any).
 fn with_vmem<R>(
     site: &Site<'_>,
     inner: &mut Inner,
+    view: Option<&Mutex<View>>,
     f: impl FnOnce(&mut Vmem<'_>, &mut KernelEnv<'_>) -> R,
 ) -> Result<R> {
     let Inner { vq, parts, st, .. } = inner;
@@ -329,13 +393,18 @@ fn with_vmem<R>(
         transport: site.transport,
         fixed: site.fixed,
         vq,
-        index: site.dev.index(),
+        view,
+        kernel: ReadEnv {
+            index: site.dev.index(),
+            partition_size: geometry.partition_size(),
+        },
         nid: site.nid,
-        partition_size: geometry.partition_size(),
     };
     // `parts` has `geometry.nr_partitions()` entries (see probe).
     let mut vmem = Vmem::new(geometry, parts, st).map_err(|_| EINVAL)?;
-    Ok(f(&mut vmem, &mut env))
+    let r = f(&mut vmem, &mut env);
+    env.publish(vmem.states(), vmem.state());
+    Ok(r)
 }
 
 impl VmemDev {
@@ -349,9 +418,23 @@ impl VmemDev {
         }
     }
 
+    /// Works on the device: `f` runs under `ops`.
     fn with<R>(&self, f: impl FnOnce(&mut Vmem<'_>, &mut KernelEnv<'_>) -> R) -> Result<R> {
-        let mut inner = self.inner.lock();
-        with_vmem(&self.site(), &mut inner, f)
+        let mut inner = self.ops.lock();
+        with_vmem(&self.site(), &mut inner, Some(&self.view), f)
+    }
+
+    /// Reads the published state: `f` runs under `view` only, with the
+    /// kernel but not the device.
+    fn read<R>(&self, f: impl FnOnce(&mut Vmem<'_>, &mut ReadEnv) -> R) -> Result<R> {
+        let mut view = self.view.lock();
+        let View { parts, st } = &mut *view;
+        let mut env = ReadEnv {
+            index: self.dev.index(),
+            partition_size: self.geometry.partition_size(),
+        };
+        let mut vmem = Vmem::new(self.geometry, parts, st).map_err(|_| EINVAL)?;
+        Ok(f(&mut vmem, &mut env))
     }
 
     /// Moves the plugged size toward the device's request. When the device
@@ -361,13 +444,13 @@ impl VmemDev {
     /// released) ends the wait at once, removal ends it and the work.
     fn process(&self) {
         let memory_block = hotmem::memory_block_bytes();
-        let mut inner = self.inner.lock();
+        let mut inner = self.ops.lock();
         loop {
             if self.dying.load(Ordering::Acquire) {
                 return;
             }
             self.kicked.store(false, Ordering::Release);
-            let retry = with_vmem(&self.site(), &mut inner, |v, env| {
+            let retry = with_vmem(&self.site(), &mut inner, Some(&self.view), |v, env| {
                 let r = v.round(env, memory_block);
                 Self::log_round(v, env, &r);
                 r.retry_ms
@@ -414,15 +497,15 @@ impl VmemDev {
         }
     }
 
-    /// Reads one value under the device lock, as of between two steps of
-    /// the driver's work; values about the partitions first take the
-    /// kernel's word on which are in use.
+    /// Reads one value of the published state (not waiting for the work
+    /// on the device); values about the partitions first take the kernel's
+    /// word on which are in use.
     fn show_value(
         &self,
         value: Value,
         out: &mut virtio::SysfsBuf<'_>,
     ) -> Result<core::fmt::Result> {
-        self.with(|v, env| {
+        self.read(|v, env| {
             if value.refreshes() {
                 v.refresh(env);
             }
@@ -430,24 +513,22 @@ impl VmemDev {
         })
     }
 
-    fn show_partitions(&self, out: &mut virtio::SysfsBuf<'_>) -> Result<core::fmt::Result> {
-        self.with(|v, env| {
-            v.refresh(env);
-            for index in 0..v.states().len() {
-                let state = v.states().get(index).copied().unwrap_or_default();
-                if state != PartState::Unplugged {
-                    writeln!(out, "{} {}", v.partition_id(index), state.name())?;
-                }
-            }
-            Ok(())
-        })
+    /// The published state of partition `index`, after taking the kernel's
+    /// word on whether it is in use.
+    fn show_partition(
+        &self,
+        index: usize,
+        out: &mut virtio::SysfsBuf<'_>,
+    ) -> Result<core::fmt::Result> {
+        let state = self.read(|v, env| v.partition_state(env, index))?;
+        Ok(writeln!(out, "{}", state.ok_or(EINVAL)?.name()))
     }
 
     /// Unplugs everything that has no users, at remove; releases the device
     /// region unless memory is left added in it.
     fn teardown(&self) {
-        let mut inner = self.inner.lock();
-        let _ = with_vmem(&self.site(), &mut inner, |v, env| {
+        let mut inner = self.ops.lock();
+        let _ = with_vmem(&self.site(), &mut inner, Some(&self.view), |v, env| {
             let c = v.teardown(env);
             if c.bound > 0 || c.online > 0 || c.plugged > 0 || c.failed > 0 {
                 env.log(
@@ -497,9 +578,11 @@ struct VmemDriver {
 /// Attributes `0..NR_VALUES` are the single-value files `Value::ALL`, in
 /// that order (checked at build time below); the others follow.
 const NR_VALUES: usize = Value::ALL.len();
-const ATTR_PARTITIONS: usize = NR_VALUES;
-const ATTR_UNPLUG: usize = NR_VALUES + 1;
-const ATTR_UNPLUG_FREE: usize = NR_VALUES + 2;
+const ATTR_UNPLUG: usize = NR_VALUES;
+const ATTR_UNPLUG_FREE: usize = NR_VALUES + 1;
+
+/// The one file of each partition's directory, `partitions/part<id>/`.
+const ITEM_STATE: usize = 0;
 
 /// A read-only attribute.
 const fn ro(name: &'static CStr) -> virtio::Attribute {
@@ -540,13 +623,12 @@ const fn same_name(c: &CStr, s: &str) -> bool {
 /// `Value::ALL`.
 const fn check_attributes() {
     let attrs = <VmemDriver as virtio::Driver>::ATTRIBUTES;
-    assert!(attrs.len() == NR_VALUES + 3);
+    assert!(attrs.len() == NR_VALUES + 2);
     let mut i = 0;
     while i < NR_VALUES {
         assert!(same_name(attrs[i].name, Value::ALL[i].name()));
         i += 1;
     }
-    assert!(same_name(attrs[ATTR_PARTITIONS].name, "partitions"));
     assert!(same_name(attrs[ATTR_UNPLUG].name, "unplug"));
     assert!(same_name(attrs[ATTR_UNPLUG_FREE].name, "unplug_free"));
 }
@@ -623,7 +705,7 @@ impl VmemDev {
             geometry,
             nid,
         };
-        with_vmem(&site, &mut inner, |v, env| v.probe_sync(env))?.map_err(|e| {
+        with_vmem(&site, &mut inner, None, |v, env| v.probe_sync(env))?.map_err(|e| {
             pr_err!("virtio{}: not binding: {:?}\n", index, e);
             match e {
                 ProbeError::Env(e) => e,
@@ -655,6 +737,12 @@ impl VmemDev {
             }
         );
 
+        let mut view_parts = KVec::with_capacity(inner.parts.len(), GFP_KERNEL)?;
+        view_parts.extend_from_slice(&inner.parts, GFP_KERNEL)?;
+        let view = View {
+            parts: view_parts,
+            st: inner.st,
+        };
         Arc::pin_init(
             pin_init!(VmemDev {
                 dev: dev.into(),
@@ -665,7 +753,8 @@ impl VmemDev {
                 dying: AtomicBool::new(false),
                 kick_lock <- kernel::new_mutex!((), "VmemDev::kick_lock"),
                 kicked: AtomicBool::new(false),
-                inner <- kernel::new_mutex!(inner, "VmemDev::inner"),
+                ops <- kernel::new_mutex!(inner, "VmemDev::ops"),
+                view <- kernel::new_mutex!(view, "VmemDev::view"),
                 wake <- kernel::new_condvar!("VmemDev::wake"),
                 work <- kernel::new_work!("VmemDev::work"),
             }),
@@ -703,10 +792,17 @@ impl virtio::Driver for VmemDriver {
         ro(c_str!("last_op_result")),
         ro(c_str!("last_op_partitions")),
         ro(c_str!("last_op_latency_us")),
-        ro(c_str!("partitions")),
         wo(c_str!("unplug")),
         wo(c_str!("unplug_free")),
     ];
+    /// `partitions/part<id>/state`, one directory per partition of the
+    /// device region, whatever its state (as
+    /// `/sys/kernel/mm/hotmem/partitions/part<id>/`).
+    const ITEMS: Option<virtio::ItemDirs> = Some(virtio::ItemDirs {
+        dir: c_str!("partitions"),
+        prefix: c_str!("part"),
+        attributes: &[ro(c_str!("state"))],
+    });
 
     fn probe(dev: &virtio::Device, transport: &virtio::Transport) -> impl PinInit<Self, Error> {
         // Everything that can fail comes before anything that can run the
@@ -731,7 +827,7 @@ impl virtio::Driver for VmemDriver {
             let _kicks = vmem.kick_lock.lock();
             // Under the lock, so that a work step about to wait sees it or
             // is woken.
-            let _guard = vmem.inner.lock();
+            let _guard = vmem.ops.lock();
             vmem.dying.store(true, Ordering::Release);
             vmem.wake.notify_all();
         }
@@ -749,14 +845,33 @@ impl virtio::Driver for VmemDriver {
     fn show(this: Pin<&Self>, index: usize, buf: &mut virtio::SysfsBuf<'_>) -> Result {
         #[allow(clippy::let_unit_value)]
         let () = ATTRIBUTES_CHECKED;
-        let r = match index {
-            ATTR_PARTITIONS => this.vmem.show_partitions(buf)?,
-            _ => {
-                let value = *Value::ALL.get(index).ok_or(EINVAL)?;
-                this.vmem.show_value(value, buf)?
-            }
-        };
-        r.map_err(|_| E2BIG)
+        let value = *Value::ALL.get(index).ok_or(EINVAL)?;
+        this.vmem.show_value(value, buf)?.map_err(|_| E2BIG)
+    }
+
+    fn items(this: Pin<&Self>) -> Result<KVec<u64>> {
+        let geometry = this.vmem.geometry;
+        let mut ids = KVec::with_capacity(geometry.nr_partitions(), GFP_KERNEL)?;
+        for index in 0..geometry.nr_partitions() {
+            let range = geometry.partition_range(index).map_err(|_| EINVAL)?;
+            ids.push(
+                control::partition_id(range.addr, geometry.partition_size()),
+                GFP_KERNEL,
+            )?;
+        }
+        Ok(ids)
+    }
+
+    fn show_item(
+        this: Pin<&Self>,
+        item: usize,
+        index: usize,
+        buf: &mut virtio::SysfsBuf<'_>,
+    ) -> Result {
+        match index {
+            ITEM_STATE => this.vmem.show_partition(item, buf)?.map_err(|_| E2BIG),
+            _ => Err(EINVAL),
+        }
     }
 
     fn store(this: Pin<&Self>, index: usize, input: &[u8]) -> Result {

@@ -81,11 +81,31 @@ pub enum RemoveError<E> {
     Failed(E),
 }
 
-/// The device and the kernel, as the driver sees them.
-pub trait Env {
+/// The kernel, as the driver sees it: what a reader of the driver's state
+/// (sysfs) needs to take the kernel's word on which partitions are in use,
+/// without the device.
+pub trait Kernel {
     /// The kernel's error type.
     type Error: Copy + fmt::Debug;
 
+    /// The kernel's state of the partition at `addr`: `NotAdded` only if
+    /// no memory at all (HotMem or not, any driver's) is added in it.
+    fn kernel_state(&mut self, addr: u64) -> KernelState;
+    /// Logs a message about the device.
+    fn log(&mut self, level: Level, args: fmt::Arguments<'_>);
+}
+
+/// The device and the kernel, as the driver's work sees them.
+///
+/// Whoever calls into [`Vmem`] with an `Env` holds the driver's state
+/// exclusively, also while the calls here wait for the device or the kernel
+/// ([`Env::request`], [`Env::add`], [`Env::remove`]). Before each of them
+/// the driver hands its current state to [`Env::publish`], with the
+/// partition concerned in its transitional state (`Plugging`, `Plugged`
+/// while it is added, `Offlining`, `Unplugging`): readers can be served
+/// from that copy without waiting, as virtio_mem's C driver marks its
+/// blocks and drops its `hotplug_mutex` before it calls into the kernel.
+pub trait Env: Kernel {
     /// Reads the configuration space.
     fn read_config(&mut self) -> Result<Config, Self::Error>;
     /// Sends `request` and waits for the device's response.
@@ -96,15 +116,14 @@ pub trait Env {
     fn add(&mut self, addr: u64, size: u64) -> Result<(), Self::Error>;
     /// Offlines and removes the partition at `addr` (all or nothing).
     fn remove(&mut self, addr: u64, size: u64) -> Result<(), RemoveError<Self::Error>>;
-    /// The kernel's state of the partition at `addr`: `NotAdded` only if
-    /// no memory at all (HotMem or not, any driver's) is added in it.
-    fn kernel_state(&mut self, addr: u64) -> KernelState;
+    /// The driver's state as it is now (`parts`, one per partition, and
+    /// `st`), before a call that may wait: what readers should see
+    /// meanwhile.
+    fn publish(&mut self, parts: &[PartState], st: &State);
     /// Whether any memory (any driver's, HotMem or not) is added in
     /// `[addr, addr + size)`; `true` when it cannot tell. The driver sends
     /// UNPLUG or UNPLUG_ALL only for ranges where this is `false`.
     fn memory_added(&mut self, addr: u64, size: u64) -> bool;
-    /// Logs a message about the device.
-    fn log(&mut self, level: Level, args: fmt::Arguments<'_>);
 }
 
 // --- The driver's state ---------------------------------------------------------
@@ -438,7 +457,7 @@ impl<'a> Vmem<'a> {
             .map_or(0, |range| range.addr)
     }
 
-    fn apply<E: Env>(&mut self, env: &mut E, index: usize, event: Event) {
+    fn apply<K: Kernel>(&mut self, env: &mut K, index: usize, event: Event) {
         if let Err(e) = self.parts.apply(index, event) {
             let id = self.partition_id(index);
             env.log(Level::Err, format_args!("partition {id}: {e}"));
@@ -480,6 +499,7 @@ impl<'a> Vmem<'a> {
         request: Request,
     ) -> Result<(Response, Action), RequestError<E::Error>> {
         let kind = request.request_type();
+        self.publish(env);
         let response = match env.request(request) {
             Ok(r) => r,
             Err(RequestError::BadResponse(e)) => {
@@ -621,23 +641,42 @@ impl<'a> Vmem<'a> {
     }
 
     /// Takes the kernel's word on which added partitions are in use.
-    pub fn refresh<E: Env>(&mut self, env: &mut E) {
+    pub fn refresh<K: Kernel>(&mut self, env: &mut K) {
         for index in 0..self.parts.nr_partitions() {
-            let state = self.parts.state(index);
-            if !matches!(state, Some(PartState::Online | PartState::Bound)) {
-                continue;
-            }
-            let kernel = env.kernel_state(self.addr(index));
-            match (state, kernel) {
-                (Some(PartState::Online), KernelState::InUse) => {
-                    self.apply(env, index, Event::KernelBound);
-                }
-                (Some(PartState::Bound), KernelState::Free) => {
-                    self.apply(env, index, Event::KernelReleased);
-                }
-                _ => {}
-            }
+            self.refresh_one(env, index);
         }
+    }
+
+    /// Takes the kernel's word on whether partition `index`, if added, is
+    /// in use.
+    fn refresh_one<K: Kernel>(&mut self, env: &mut K, index: usize) {
+        let state = self.parts.state(index);
+        if !matches!(state, Some(PartState::Online | PartState::Bound)) {
+            return;
+        }
+        let kernel = env.kernel_state(self.addr(index));
+        match (state, kernel) {
+            (Some(PartState::Online), KernelState::InUse) => {
+                self.apply(env, index, Event::KernelBound);
+            }
+            (Some(PartState::Bound), KernelState::Free) => {
+                self.apply(env, index, Event::KernelReleased);
+            }
+            _ => {}
+        }
+    }
+
+    /// The state of partition `index` (`None` if there is no such
+    /// partition), after taking the kernel's word on whether it is in use:
+    /// what its sysfs directory shows.
+    pub fn partition_state<K: Kernel>(&mut self, env: &mut K, index: usize) -> Option<PartState> {
+        self.refresh_one(env, index);
+        self.parts.state(index)
+    }
+
+    /// Hands the current state to [`Env::publish`].
+    fn publish<E: Env>(&self, env: &mut E) {
+        env.publish(self.parts.states(), self.st);
     }
 
     /// Sends UNPLUG for partition `index` (`Unplugging`), unless memory is
@@ -704,6 +743,7 @@ impl<'a> Vmem<'a> {
         index: usize,
     ) -> Result<Outcome, UnplugFailure<E::Error>> {
         let size = self.geometry().partition_size();
+        self.publish(env);
         match env.remove(self.addr(index), size) {
             Ok(()) => {
                 self.apply(env, index, Event::Offlined);
@@ -735,6 +775,7 @@ impl<'a> Vmem<'a> {
     fn online<E: Env>(&mut self, env: &mut E, index: usize) -> Outcome {
         let size = self.geometry().partition_size();
         let addr = self.addr(index);
+        self.publish(env);
         match env.add(addr, size) {
             Ok(()) => {
                 self.apply(env, index, Event::Onlined);

@@ -10,8 +10,8 @@ use std::fmt;
 
 use hotmem_vmem_logic::control::Refusal;
 use hotmem_vmem_logic::driver::{
-    Env, KernelState, Level, Op, OpResult, RemoveError, RequestError, State, UnplugFailure, Value,
-    Vmem,
+    Env, Kernel, KernelState, Level, Op, OpResult, RemoveError, RequestError, State, UnplugFailure,
+    Value, Vmem,
 };
 use hotmem_vmem_logic::partition::PartState;
 use hotmem_vmem_logic::wire::{BlockState, Config, Request, Response};
@@ -66,6 +66,11 @@ struct Sim {
     log: Vec<String>,
     /// Configuration space reads.
     config_reads: u32,
+    /// What the driver last published for readers (`Env::publish`).
+    published: Option<(Vec<PartState>, State)>,
+    /// Waits (requests, adds, removes) the driver published its state
+    /// before, with the partition concerned in its transitional state.
+    published_waits: u32,
 }
 
 impl Sim {
@@ -87,7 +92,25 @@ impl Sim {
             now: 0,
             log: Vec::new(),
             config_reads: 0,
+            published: None,
+            published_waits: 0,
         }
+    }
+
+    /// Readers see partition `i` in `want` while the driver waits for the
+    /// device or the kernel about it: the driver published its state, with
+    /// that partition in its transitional state, just before.
+    fn check_published(&mut self, what: &str, i: usize, want: PartState) {
+        let (parts, _) = self
+            .published
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: the driver waits without publishing its state"));
+        assert_eq!(
+            parts[i], want,
+            "{what}: readers see partition {i} as {:?} meanwhile",
+            parts[i]
+        );
+        self.published_waits += 1;
     }
 
     fn config(&self) -> Config {
@@ -226,14 +249,21 @@ impl Sim {
 }
 
 impl Env for Sim {
-    type Error = i32;
-
     fn read_config(&mut self) -> Result<Config, i32> {
         self.config_reads += 1;
         Ok(self.config())
     }
 
     fn request(&mut self, request: Request) -> Result<Response, RequestError<i32>> {
+        match request {
+            Request::Plug(r) if self.whole(r.addr, r.nb_blocks).is_some() => {
+                self.check_published("PLUG", Self::index(r.addr), PartState::Plugging);
+            }
+            Request::Unplug(r) if self.whole(r.addr, r.nb_blocks).is_some() => {
+                self.check_published("UNPLUG", Self::index(r.addr), PartState::Unplugging);
+            }
+            _ => assert!(self.published.is_some(), "{request:?} before any publish"),
+        }
         match self.faults.pop_front().unwrap_or(Fault::None) {
             Fault::NotSent => Err(RequestError::NotSent(-12)),
             Fault::Lost => {
@@ -252,6 +282,7 @@ impl Env for Sim {
     fn add(&mut self, addr: u64, size: u64) -> Result<(), i32> {
         assert_eq!(size, PART);
         let i = Self::index(addr);
+        self.check_published("add", i, PartState::Plugged);
         assert!(self.plugged[i], "partition {i} added but not plugged");
         assert!(!self.added[i], "partition {i} added twice");
         if self.foreign[i] {
@@ -270,6 +301,7 @@ impl Env for Sim {
     fn remove(&mut self, addr: u64, size: u64) -> Result<(), RemoveError<i32>> {
         assert_eq!(size, PART);
         let i = Self::index(addr);
+        self.check_published("remove", i, PartState::Offlining);
         assert!(self.added[i], "partition {i} removed but not added");
         if self.in_use[i] {
             return Err(RemoveError::Busy);
@@ -278,16 +310,8 @@ impl Env for Sim {
         Ok(())
     }
 
-    fn kernel_state(&mut self, addr: u64) -> KernelState {
-        let i = Self::index(addr);
-        if self.foreign[i] || self.unknown {
-            return KernelState::InUse;
-        }
-        match (self.added[i], self.in_use[i]) {
-            (false, _) => KernelState::NotAdded,
-            (true, false) => KernelState::Free,
-            (true, true) => KernelState::InUse,
-        }
+    fn publish(&mut self, parts: &[PartState], st: &State) {
+        self.published = Some((parts.to_vec(), *st));
     }
 
     fn memory_added(&mut self, addr: u64, size: u64) -> bool {
@@ -300,6 +324,22 @@ impl Env for Sim {
         }
         let i = Self::index(addr);
         self.added[i] || self.foreign[i]
+    }
+}
+
+impl Kernel for Sim {
+    type Error = i32;
+
+    fn kernel_state(&mut self, addr: u64) -> KernelState {
+        let i = Self::index(addr);
+        if self.foreign[i] || self.unknown {
+            return KernelState::InUse;
+        }
+        match (self.added[i], self.in_use[i]) {
+            (false, _) => KernelState::NotAdded,
+            (true, false) => KernelState::Free,
+            (true, true) => KernelState::InUse,
+        }
     }
 
     fn log(&mut self, level: Level, args: fmt::Arguments<'_>) {
@@ -1022,4 +1062,63 @@ fn an_unplug_reads_the_configuration_once_per_partition_and_once_more() {
         sim.config_reads
     );
     assert_eq!(sim.config_reads, 3 + 1);
+}
+
+/// Before every wait for the device (PLUG, UNPLUG) or the kernel (add,
+/// remove) the driver publishes its state with the partition concerned in
+/// its transitional state (`Sim` checks each): readers, served from that
+/// copy, see `plugging` while a PLUG is outstanding instead of waiting for
+/// it.
+#[test]
+fn state_is_published_before_every_wait() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 2 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    // Two PLUGs and two adds.
+    assert_eq!(sim.published_waits, 4);
+    let (parts, st) = sim.published.clone().unwrap();
+    assert_eq!(parts[1], PartState::Plugged, "published before adding it");
+    assert_eq!(st.config.requested_size, 2 * PART);
+    // A reader of the published copy sees one partition plugging while its
+    // PLUG is outstanding (the state published before the request).
+    sim.requested = 3 * PART;
+    sim.faults.push_back(Fault::Lost);
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    let (mut parts, mut st) = sim.published.clone().unwrap();
+    assert_eq!(parts[2], PartState::Plugging);
+    let geometry = st.config.validate(MEMORY_BLOCK, PART).unwrap();
+    let mut view = Vmem::new(geometry, &mut parts, &mut st).unwrap();
+    let mut out = String::new();
+    view.show_value(Value::Nr(PartState::Plugging), &mut out)
+        .unwrap();
+    assert_eq!(out, "1\n");
+    // Explicit unplugs: one remove, one UNPLUG.
+    let before = sim.published_waits;
+    sim.faults.clear();
+    assert_eq!(d.vmem().unplug_id(&mut sim, BASE / PART), Ok(()));
+    assert_eq!(sim.published_waits, before + 2);
+}
+
+/// A partition's sysfs directory shows its state after taking the kernel's
+/// word on that partition alone.
+#[test]
+fn partition_state_refreshes_one_partition() {
+    let mut sim = Sim::new();
+    let mut d = Driver::probe(&mut sim);
+    sim.requested = 2 * PART;
+    d.vmem().round(&mut sim, MEMORY_BLOCK);
+    sim.in_use[0] = true;
+    sim.in_use[1] = true;
+    let mut v = d.vmem();
+    assert_eq!(v.partition_state(&mut sim, 0), Some(PartState::Bound));
+    assert_eq!(v.partition_state(&mut sim, 2), Some(PartState::Unplugged));
+    assert_eq!(v.partition_state(&mut sim, N), None);
+    // Partition 1 was not asked about.
+    assert_eq!(d.parts[1], PartState::Online);
+    sim.in_use[0] = false;
+    assert_eq!(
+        d.vmem().partition_state(&mut sim, 0),
+        Some(PartState::Online)
+    );
 }

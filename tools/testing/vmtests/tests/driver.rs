@@ -62,14 +62,40 @@ fn last_op(vm: &mut Vm) -> (String, String, u64) {
     (op, result, partitions)
 }
 
-/// `(partition id, state)` pairs of the driver's `partitions` file.
-fn partitions(vm: &mut Vm) -> Vec<(u64, String)> {
-    sysfs(vm, "partitions")
+/// `(partition id, state)` of every partition of the device, from the
+/// driver's `partitions/part<id>/state` files (one directory per partition,
+/// whatever its state), read in one command, in id order.
+fn all_partitions(vm: &mut Vm) -> Vec<(u64, String)> {
+    let out = vm
+        .exec_ok(&[
+            "sh",
+            "-c",
+            &format!("cd {SYSFS}/partitions && grep -H '' part*/state"),
+        ])
+        .or_panic("reading partitions/part*/state")
+        .stdout;
+    let mut parts: Vec<(u64, String)> = out
         .lines()
         .map(|l| {
-            let (id, st) = l.split_once(' ').expect("'<id> <state>' lines");
-            (id.parse().expect("partition id"), st.to_owned())
+            let (dir, state) = l
+                .split_once("/state:")
+                .unwrap_or_else(|| panic!("'part<id>/state:<state>' lines: {l:?}"));
+            let id = dir
+                .strip_prefix("part")
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_else(|| panic!("partition directory {dir:?}"));
+            (id, state.to_owned())
         })
+        .collect();
+    parts.sort();
+    parts
+}
+
+/// `(partition id, state)` of the partitions that are not unplugged.
+fn partitions(vm: &mut Vm) -> Vec<(u64, String)> {
+    all_partitions(vm)
+        .into_iter()
+        .filter(|(_, state)| state != "unplugged")
         .collect()
 }
 
@@ -190,6 +216,21 @@ fn rust_driver_plug_unplug_sysfs_reload() {
     assert!(
         vm.read_file(&format!("{SYSFS}/state")).is_err(),
         "the multi-value state file is gone"
+    );
+    // One directory per partition of the region, all unplugged; the
+    // one-page list file is gone (it is the directory now).
+    let all = all_partitions(&mut vm);
+    assert_eq!(all.len() as u64, nr_partitions, "{all:?}");
+    assert!(all.iter().all(|(_, s)| s == "unplugged"), "{all:?}");
+    assert!(
+        all.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "consecutive ids: {all:?}"
+    );
+    assert!(
+        vm.exec(&["test", "-d", &format!("{SYSFS}/partitions")])
+            .or_panic("test -d")
+            .success(),
+        "partitions is a directory"
     );
 
     // Grow: four partitions appear, free.
@@ -483,7 +524,7 @@ fn rust_driver_retries_busy_during_a_migration() {
     while start.elapsed() < Duration::from_secs(12) {
         let t = Instant::now();
         number(&mut vm, "plugged_bytes");
-        sysfs(&mut vm, "partitions");
+        partitions(&mut vm);
         slowest = slowest.max(t.elapsed());
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -796,5 +837,243 @@ fn rust_driver_survives_allocation_failures_in_probe() {
     ] {
         assert!(!dmesg.contains(bad), "dmesg has {bad}:\n{dmesg}");
     }
+    vm.shutdown().or_panic("shutting down");
+}
+
+/// A device of 2048 partitions (a 256 GiB region in 128 MiB partitions,
+/// mapped with `reserve=off` so that QEMU need not reserve 256 GiB on the
+/// host): the driver binds, gives every partition its own directory, and
+/// every sysfs file of the device reads, with a few partitions plugged and
+/// after they are unplugged. The old one-page `partitions` list failed with
+/// E2BIG past about 300 partitions.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_serves_2048_partitions() {
+    const NR: u64 = 2048;
+    let mut cfg = driver_config("rust_driver_2048_partitions", true);
+    cfg.vmem_size = NR * PARTITION;
+    cfg.vmem_reserve = false;
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
+    vm.set_command_timeout(Duration::from_secs(300));
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    assert_eq!(number(&mut vm, "nr_partitions"), NR);
+    assert_eq!(number(&mut vm, "nr_unplugged"), NR);
+    resize(&mut vm, 3 * PARTITION);
+
+    // Every file of the device, each partition's directory included.
+    let read_all = |vm: &mut Vm| -> (usize, String) {
+        let out = vm
+            .exec_ok(&[
+                "sh",
+                "-c",
+                &format!(
+                    "cd {SYSFS} && n=0 && for f in $(find . -type f -perm -0400); do \
+                     cat $f >/dev/null || exit 1; n=$((n + 1)); done && echo $n"
+                ),
+            ])
+            .or_panic("reading every sysfs file of the device");
+        let files = out.stdout.trim().parse().expect("a count");
+        let listing = vm
+            .exec_ok(&["sh", "-c", &format!("cd {SYSFS} && find . -type f | sort")])
+            .or_panic("find")
+            .stdout;
+        (files, listing)
+    };
+    let (files, listing) = read_all(&mut vm);
+    // 19 value files and one state file per partition (unplug and
+    // unplug_free are write-only).
+    assert_eq!(files as u64, 19 + NR, "{listing}");
+    let all = all_partitions(&mut vm);
+    assert_eq!(all.len() as u64, NR);
+    let first = all[0].0;
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, (id, _))| *id == first + i as u64),
+        "ids are consecutive"
+    );
+    let online: Vec<u64> = all
+        .iter()
+        .filter(|(_, s)| s == "online")
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(online, [first, first + 1, first + 2], "{:?}", &all[..8]);
+    assert_eq!(
+        all.iter().filter(|(_, s)| s == "unplugged").count() as u64,
+        NR - 3
+    );
+    // The mm's view agrees.
+    for id in &online {
+        let state = vm
+            .read_file(&format!("/sys/kernel/mm/hotmem/partitions/part{id}/state"))
+            .or_panic("the kernel's partition state");
+        assert_eq!(state.trim(), "free");
+    }
+
+    // Unplug one by id (the highest), then the rest.
+    vm.write_file(&format!("{SYSFS}/unplug"), &(first + 2).to_string())
+        .or_panic("unplugging through sysfs");
+    assert_eq!(vm.plugged_size().or_panic("plugged size"), 2 * PARTITION);
+    resize(&mut vm, 0);
+    let (files, _) = read_all(&mut vm);
+    assert_eq!(files as u64, 19 + NR);
+    assert!(partitions(&mut vm).is_empty());
+    vm.exec_ok(&["rmmod", MODULE]).or_panic("rmmod");
+    assert!(
+        !vm.exec(&["test", "-d", SYSFS])
+            .or_panic("test -d")
+            .success(),
+        "{SYSFS} outlives the driver"
+    );
+    vm.shutdown().or_panic("shutting down");
+}
+
+/// sysfs reads do not wait for the device: while a PLUG is outstanding
+/// (QEMU preallocates each partition's memory before it answers, with
+/// `prealloc=on`), readers on the other vCPU get answers and see the
+/// partition `plugging`. A reader that had to wait for the driver's work
+/// could never see `plugging`: the work marks it and clears it with the
+/// device's answer.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_sysfs_reads_do_not_wait_for_the_device() {
+    const PLUGS: u64 = 8;
+    let mut cfg = driver_config("rust_driver_reads_during_request", true);
+    cfg.vmem_prealloc = true;
+    let mut vm = Vm::boot(&cfg).or_panic("booting a hotmem=on guest");
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    // Two readers (two vCPUs: one of them is not the one that waits for
+    // the device), each appending what it sees while anything is plugging.
+    let reader = |n: u32| {
+        format!(
+            "(while [ ! -e /tmp/stop ]; do read v < {SYSFS}/nr_plugging; \
+             [ \"$v\" = 0 ] || echo \"$v\" >> /tmp/seen.{n}; done; echo done > /tmp/done.{n}) \
+             >/dev/null 2>&1 &"
+        )
+    };
+    vm.exec_ok(&["sh", "-c", &format!("{} {}", reader(0), reader(1))])
+        .or_panic("starting the readers");
+    let t = Instant::now();
+    resize(&mut vm, PLUGS * PARTITION);
+    eprintln!("{PLUGS} preallocated plugs took {:?}", t.elapsed());
+    vm.exec_ok(&["sh", "-c", "touch /tmp/stop"])
+        .or_panic("stopping the readers");
+    let start = Instant::now();
+    while !vm
+        .exec(&["sh", "-c", "test -e /tmp/done.0 && test -e /tmp/done.1"])
+        .or_panic("test -e")
+        .success()
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "readers hang");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = vm
+        .exec_ok(&["sh", "-c", "cat /tmp/seen.* 2>/dev/null; true"])
+        .or_panic("reading what the readers saw")
+        .stdout;
+    let plugging = seen.lines().filter(|l| *l == "1").count();
+    eprintln!(
+        "readers saw a partition plugging {plugging} times ({} lines)",
+        seen.lines().count()
+    );
+    assert!(
+        plugging > 0,
+        "no read returned while a PLUG was outstanding: {seen:?}\n{}",
+        vm.console_tail(20)
+    );
+    assert!(
+        seen.lines().all(|l| l == "1"),
+        "one PLUG at a time: {seen:?}"
+    );
+    assert_eq!(number(&mut vm, "nr_online"), PLUGS);
+    vm.shutdown().or_panic("shutting down");
+}
+
+/// In a kdump kernel (`elfcorehdr=` on the command line makes
+/// `is_kdump_kernel()` true; on x86 nothing else changes, /proc/vmcore just
+/// finds no ELF header there) the driver refuses the device with a clear
+/// message and never touches it: QEMU's plugged size stays where it was
+/// although the device requests memory.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_refuses_to_probe_in_a_kdump_kernel() {
+    let mut cfg = driver_config("rust_driver_kdump", true);
+    cfg.append.push_str(" elfcorehdr=0x1000000");
+    cfg.vmem_requested = 2 * PARTITION;
+    let mut vm = Vm::boot(&cfg).or_panic("booting a kdump-like guest");
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        vm.plugged_size().or_panic("plugged size"),
+        0,
+        "the driver plugged memory in a kdump kernel"
+    );
+    let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    assert!(
+        dmesg.contains("kdump kernel: not plugging or unplugging memory"),
+        "no clear refusal in dmesg:\n{}",
+        vm.console_tail(30)
+    );
+    assert!(
+        !vm.exec(&["test", "-e", "/sys/bus/virtio/devices/virtio1/driver"])
+            .or_panic("test -e")
+            .success(),
+        "the device is bound"
+    );
+    assert!(
+        !vm.exec(&["test", "-d", SYSFS])
+            .or_panic("test -d")
+            .success(),
+        "{SYSFS} exists for a refused device"
+    );
+    vm.shutdown().or_panic("shutting down");
+}
+
+/// System sleep is refused while the driver is bound (it does not re-create
+/// its virtqueue on restore): suspend-to-idle, tested up to the device
+/// suspend (`pm_test=devices`), fails with EBUSY and names the driver; the
+/// driver keeps working afterwards. With the device unbound the same
+/// suspend goes through, so the refusal is the driver's.
+#[test]
+#[ignore = "boots a QEMU guest; run via make check"]
+fn rust_driver_refuses_system_sleep() {
+    let mut vm =
+        Vm::boot(&driver_config("rust_driver_suspend", true)).or_panic("booting a hotmem=on guest");
+    vm.set_command_timeout(Duration::from_secs(120));
+    if !has_or_skip(&mut vm, "/sys/power/pm_test", "suspend with pm_test") {
+        return;
+    }
+    vm.write_file("/sys/power/pm_test", "devices")
+        .or_panic("pm_test");
+    let suspend = |vm: &mut Vm| {
+        vm.exec(&["sh", "-c", "echo freeze > /sys/power/state"])
+            .or_panic("writing /sys/power/state")
+    };
+    // No driver bound: the devices suspend and resume.
+    let out = suspend(&mut vm);
+    assert!(
+        out.success(),
+        "suspend without the driver failed: {out:?}\n{}",
+        vm.console_tail(20)
+    );
+
+    vm.exec_ok(&["modprobe", MODULE]).or_panic("modprobe");
+    resize(&mut vm, 2 * PARTITION);
+    let out = suspend(&mut vm);
+    assert!(!out.success(), "suspend with the driver bound succeeded");
+    assert!(
+        out.stderr.contains("Device or resource busy"),
+        "not EBUSY: {out:?}"
+    );
+    let dmesg = vm.exec_ok(&["dmesg"]).or_panic("dmesg").stdout;
+    assert!(
+        dmesg.contains("hotmem_virtio_mem does not support system sleep; refusing it"),
+        "no clear refusal in dmesg:\n{}",
+        vm.console_tail(30)
+    );
+    // Still working: an unplug completes, then a plug.
+    resize(&mut vm, PARTITION);
+    assert_eq!(number(&mut vm, "nr_online"), 1);
+    resize(&mut vm, 3 * PARTITION);
     vm.shutdown().or_panic("shutting down");
 }
