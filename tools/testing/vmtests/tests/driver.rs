@@ -126,6 +126,26 @@ fn wait_plugged(vm: &mut Vm, bytes: u64) -> Duration {
     took
 }
 
+/// Waits until the driver's sysfs value `file` is `want`: the device's
+/// plugged size can be reached before the driver has added and onlined
+/// the partitions it just plugged (it publishes its state around every
+/// request, see `rust/logic/`).
+fn wait_number(vm: &mut Vm, file: &str, want: u64) {
+    let start = Instant::now();
+    loop {
+        let seen = number(vm, file);
+        if seen == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < PLUG_TIMEOUT,
+            "{file} is {seen}, not {want}\n{}",
+            vm.console_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Starts a process bound to a HotMem partition that holds 32 MiB until
 /// killed; returns its partition id.
 fn start_bound(vm: &mut Vm, tag: &str) -> u64 {
@@ -238,7 +258,7 @@ fn rust_driver_plug_unplug_sysfs_reload() {
     let parts = partitions(&mut vm);
     assert_eq!(parts.len(), 4, "{parts:?}");
     assert!(parts.iter().all(|(_, s)| s == "online"), "{parts:?}");
-    assert_eq!(number(&mut vm, "nr_online"), 4);
+    wait_number(&mut vm, "nr_online", 4);
     assert_eq!(number(&mut vm, "requested_bytes"), 4 * PARTITION);
     assert_eq!(number(&mut vm, "target_bytes"), 4 * PARTITION);
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 4 * PARTITION / 1024);
@@ -269,7 +289,7 @@ fn rust_driver_plug_unplug_sysfs_reload() {
     );
     assert_eq!(vm.plugged_size().or_panic("plugged size"), 4 * PARTITION);
     assert_eq!(number(&mut vm, "nr_bound"), 1);
-    assert_eq!(number(&mut vm, "nr_online"), 3);
+    wait_number(&mut vm, "nr_online", 3);
 
     // sysfs: unplug one free partition by id, then one by count.
     let free: Vec<u64> = partitions(&mut vm)
@@ -353,7 +373,7 @@ fn rust_driver_follows_racing_requests() {
         std::thread::sleep(Duration::from_millis(pause_ms));
     }
     wait_plugged(&mut vm, 3 * PARTITION);
-    assert_eq!(number(&mut vm, "nr_online"), 3);
+    wait_number(&mut vm, "nr_online", 3);
     assert_eq!(number(&mut vm, "nr_failed"), 0);
     assert_eq!(number(&mut vm, "broken"), 0);
     assert_eq!(meminfo(&mut vm, "HotMemTotal"), 3 * PARTITION / 1024);
@@ -565,7 +585,7 @@ fn rust_driver_retries_busy_during_a_migration() {
         "unplug after cancel took {took:?}"
     );
     resize(&mut vm, 2 * PARTITION);
-    assert_eq!(number(&mut vm, "nr_online"), 2);
+    wait_number(&mut vm, "nr_online", 2);
 
     // Removal while the driver waits to retry returns at once.
     vm.qmp_execute(&qmp::migrate {
@@ -985,7 +1005,7 @@ fn rust_driver_sysfs_reads_do_not_wait_for_the_device() {
         seen.lines().all(|l| l == "1"),
         "one PLUG at a time: {seen:?}"
     );
-    assert_eq!(number(&mut vm, "nr_online"), PLUGS);
+    wait_number(&mut vm, "nr_online", PLUGS);
     vm.shutdown().or_panic("shutting down");
 }
 
@@ -1073,7 +1093,7 @@ fn rust_driver_refuses_system_sleep() {
     );
     // Still working: an unplug completes, then a plug.
     resize(&mut vm, PARTITION);
-    assert_eq!(number(&mut vm, "nr_online"), 1);
+    wait_number(&mut vm, "nr_online", 1);
     resize(&mut vm, 3 * PARTITION);
     vm.shutdown().or_panic("shutting down");
 }
