@@ -97,18 +97,6 @@ TEST_F(hotmem, binding_is_one_way)
 	EXPECT_EQ(id, hm_prctl(PR_HOTMEM_GET, 0, 0, 0));
 }
 
-/* A write to @file that must fail with @err and leave its value alone. */
-static void refused(struct __test_metadata *_metadata, const char *file,
-		    const char *val, int err)
-{
-	char before[64], after[64];
-
-	ASSERT_EQ(0, hm_read_str(file, before, sizeof(before)));
-	EXPECT_EQ(-err, hm_write_str(file, val)) TH_LOG("%s <- '%s'", file, val);
-	ASSERT_EQ(0, hm_read_str(file, after, sizeof(after)));
-	EXPECT_STREQ(before, after);
-}
-
 TEST_F(hotmem, bad_partition_size_is_refused)
 {
 	const char *f = HOTMEM "/partition_size";

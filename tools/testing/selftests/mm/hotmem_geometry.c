@@ -57,18 +57,6 @@ static unsigned long memparse(const char *s)
 	return v;
 }
 
-/* A write to @file that must fail with @err and leave its value alone. */
-static void refused(struct __test_metadata *_metadata, const char *file,
-		    const char *val, int err)
-{
-	char before[64], after[64];
-
-	ASSERT_EQ(0, hm_read_str(file, before, sizeof(before)));
-	EXPECT_EQ(-err, hm_write_str(file, val)) TH_LOG("%s <- '%s'", file, val);
-	ASSERT_EQ(0, hm_read_str(file, after, sizeof(after)));
-	EXPECT_STREQ(before, after);
-}
-
 #define SIZE_FILE	HOTMEM "/partition_size"
 #define MAX_FILE	HOTMEM "/max_partitions"
 

@@ -630,4 +630,19 @@ static inline int hm_child_wait(struct hm_child *c)
 	(code);								\
 })
 
+/* Needs kselftest_harness.h, which every HotMem test includes first. */
+#ifdef __KSELFTEST_HARNESS_H
+/* A write to @file that must fail with @err and leave its value alone. */
+static inline void refused(struct __test_metadata *_metadata,
+			   const char *file, const char *val, int err)
+{
+	char before[64], after[64];
+
+	ASSERT_EQ(0, hm_read_str(file, before, sizeof(before)));
+	EXPECT_EQ(-err, hm_write_str(file, val)) TH_LOG("%s <- '%s'", file, val);
+	ASSERT_EQ(0, hm_read_str(file, after, sizeof(after)));
+	EXPECT_STREQ(before, after);
+}
+#endif
+
 #endif /* __SELFTESTS_MM_HOTMEM_UTIL_H */
