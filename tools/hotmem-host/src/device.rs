@@ -10,13 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hotmem_proto::{
     Empty, EventList, ExecArgs, ExecResult, HelloResult, Op, ReadFileArgs, ReadFileResult,
     WriteFileArgs,
 };
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::agent::{decode_result, EventCursor, Pending};
 use crate::meminfo::parse_meminfo;
@@ -24,6 +25,15 @@ use crate::vm::{ShutdownMethod, VmError, VmErrorKind};
 
 /// Interval of [`MemoryDevice::wait_plugged`] polling.
 const PLUG_POLL: Duration = Duration::from_millis(10);
+/// Interval of [`MemoryDevice::wait_plugged_timed`] polling on a device
+/// that does not time its size changes itself.
+const PRECISE_POLL: Duration = Duration::from_millis(1);
+/// How long [`MemoryDevice::wait_plugged_timed`] waits for the device's
+/// own report of a size change after seeing the size: QEMU delays
+/// `MEMORY_DEVICE_SIZE_CHANGE` events of a device to one a second.
+pub const SIZE_CHANGE_REPORT_WAIT: Duration = Duration::from_millis(1500);
+/// Resolution of the device's timestamps (QEMU: microseconds).
+const DEVICE_CLOCK_RESOLUTION: Duration = Duration::from_micros(1);
 /// Interval of [`AgentTransport::wait_meminfo`] polling (each poll is an
 /// agent round trip).
 const MEMINFO_POLL: Duration = Duration::from_millis(50);
@@ -38,6 +48,59 @@ pub trait Diagnose {
     fn fail(&mut self, kind: VmErrorKind) -> VmError {
         VmError::from_kind(kind)
     }
+}
+
+/// When a timed resize started: the monotonic and the wall clock (a
+/// device's own timestamps are wall-clock times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResizeStart {
+    /// Monotonic clock.
+    pub instant: Instant,
+    /// Wall clock.
+    pub wall: SystemTime,
+}
+
+impl ResizeStart {
+    /// Now.
+    pub fn now() -> Self {
+        Self {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// What timed the end of a resize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeClock {
+    /// The device's own timestamp of the size change (QEMU's
+    /// `MEMORY_DEVICE_SIZE_CHANGE` event, 1 µs).
+    DeviceEvent,
+    /// The host polling the plugged size (every 1 ms plus a round trip).
+    Poll,
+}
+
+impl ResizeClock {
+    /// Display name.
+    pub fn label(self) -> &'static str {
+        match self {
+            ResizeClock::DeviceEvent => "QEMU MEMORY_DEVICE_SIZE_CHANGE timestamps",
+            ResizeClock::Poll => "host polling of the plugged size",
+        }
+    }
+}
+
+/// A timed resize: from its start until the device reached the size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResizeTiming {
+    /// Start until the device had the target size.
+    pub elapsed: Duration,
+    /// What timed the end.
+    pub clock: ResizeClock,
+    /// How late the end can have been seen: the device clock's tick, or
+    /// the gap between the last two polls.
+    pub resolution: Duration,
 }
 
 /// A guest's virtio-mem device, as the VMM sees it.
@@ -68,6 +131,80 @@ pub trait MemoryDevice: Diagnose {
             }
             thread::sleep(PLUG_POLL);
         }
+    }
+
+    /// Whether the device reports when its size changed
+    /// ([`MemoryDevice::size_reached_at`]); then timed waits need not poll
+    /// finely.
+    fn reports_size_changes(&self) -> bool {
+        false
+    }
+
+    /// When, by the device's own clock, its plugged size became `size` at
+    /// or after `since`; waits up to `wait` for a late report. `None` if
+    /// the device does not report it (the default) or did not in time.
+    fn size_reached_at(
+        &mut self,
+        size: u64,
+        since: SystemTime,
+        wait: Duration,
+    ) -> Result<Option<SystemTime>, VmError> {
+        let _ = (size, since, wait);
+        Ok(None)
+    }
+
+    /// Waits until the plugged size equals `target` and times it from
+    /// `start`: by the device's report of the change when it gives one,
+    /// else by polling every 1 ms.
+    fn wait_plugged_timed(
+        &mut self,
+        target: u64,
+        start: ResizeStart,
+        timeout: Duration,
+    ) -> Result<ResizeTiming, VmError> {
+        let reported = self.reports_size_changes();
+        let poll = if reported { PLUG_POLL } else { PRECISE_POLL };
+        // The size changed between the last two reads (or the start and
+        // the first read).
+        let mut last_read = start.instant;
+        let mut gap;
+        loop {
+            let plugged = self.plugged_size()?;
+            let now = Instant::now();
+            gap = now.saturating_duration_since(last_read);
+            last_read = now;
+            if plugged == target {
+                break;
+            }
+            if start.instant.elapsed() >= timeout {
+                return Err(self.fail(VmErrorKind::Timeout {
+                    what: format!("virtio-mem plugged size {target} (still {plugged})"),
+                    timeout,
+                }));
+            }
+            thread::sleep(poll);
+        }
+        let seen = last_read.saturating_duration_since(start.instant);
+        if reported {
+            if let Some(at) = self.size_reached_at(target, start.wall, SIZE_CHANGE_REPORT_WAIT)? {
+                // The wall clock may have been stepped meanwhile: trust the
+                // device only if its time fits what the host saw.
+                if let Ok(elapsed) = at.duration_since(start.wall) {
+                    if elapsed <= seen + DEVICE_CLOCK_RESOLUTION {
+                        return Ok(ResizeTiming {
+                            elapsed,
+                            clock: ResizeClock::DeviceEvent,
+                            resolution: DEVICE_CLOCK_RESOLUTION,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(ResizeTiming {
+            elapsed: seen,
+            clock: ResizeClock::Poll,
+            resolution: gap,
+        })
     }
 }
 
@@ -301,6 +438,38 @@ mod tests {
             .events
             .is_empty());
         assert_eq!(*acked.lock().unwrap(), 3);
+    }
+
+    #[test]
+    fn timed_waits_use_the_device_clock_when_it_reports() {
+        let mut guest = FakeGuest::new(Box::new(|_, _| None));
+        // No reports: polled every 1 ms.
+        let start = ResizeStart::now();
+        guest.set_requested_size(1 << 30).unwrap();
+        let t = guest
+            .wait_plugged_timed(1 << 30, start, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(t.clock, ResizeClock::Poll);
+        assert!(t.elapsed <= start.instant.elapsed());
+        // Reported: the device's time of the change.
+        guest.reports_changes = true;
+        let start = ResizeStart::now();
+        guest.set_requested_size(0).unwrap();
+        thread::sleep(Duration::from_millis(5));
+        let t = guest
+            .wait_plugged_timed(0, start, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(t.clock, ResizeClock::DeviceEvent);
+        assert_eq!(t.resolution, Duration::from_micros(1));
+        assert!(t.elapsed < Duration::from_millis(5), "{t:?}");
+        // A report older than the start does not count.
+        let start = ResizeStart::now();
+        guest.follows = false;
+        guest.plugged = 0;
+        let t = guest
+            .wait_plugged_timed(0, start, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(t.clock, ResizeClock::Poll);
     }
 
     #[test]

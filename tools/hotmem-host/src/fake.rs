@@ -6,7 +6,7 @@
 //! reported as a timeout. Built for tests, and with the `fake` feature.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hotmem_proto::Op;
 use serde_json::Value;
@@ -38,6 +38,11 @@ pub struct FakeGuest {
     pub follows: bool,
     /// Every requested size set, in order.
     pub resizes: Vec<u64>,
+    /// Whether the device reports when its size changed (as QEMU's
+    /// `MEMORY_DEVICE_SIZE_CHANGE` events do).
+    pub reports_changes: bool,
+    /// (size, when) of every size change.
+    pub changes: Vec<(u64, SystemTime)>,
     agent: Agent,
     started: HashMap<u64, Op>,
     next_id: u64,
@@ -52,6 +57,8 @@ impl FakeGuest {
             plugged: 0,
             follows: true,
             resizes: Vec::new(),
+            reports_changes: false,
+            changes: Vec::new(),
             agent,
             started: HashMap::new(),
             next_id: 1,
@@ -75,10 +82,29 @@ impl MemoryDevice for FakeGuest {
     fn set_requested_size(&mut self, bytes: u64) -> Result<(), VmError> {
         self.requested = bytes;
         self.resizes.push(bytes);
-        if self.follows {
+        if self.follows && self.plugged != bytes {
             self.plugged = bytes;
+            self.changes.push((bytes, SystemTime::now()));
         }
         Ok(())
+    }
+
+    fn reports_size_changes(&self) -> bool {
+        self.reports_changes
+    }
+
+    fn size_reached_at(
+        &mut self,
+        size: u64,
+        since: SystemTime,
+        _wait: Duration,
+    ) -> Result<Option<SystemTime>, VmError> {
+        Ok(self
+            .changes
+            .iter()
+            .filter(|&&(s, at)| self.reports_changes && s == size && at >= since)
+            .map(|&(_, at)| at)
+            .max())
     }
 
     fn requested_size(&mut self) -> Result<u64, VmError> {

@@ -44,7 +44,9 @@ pub mod vm;
 pub use hotmem_units as units;
 
 pub use config::{Accel, ConfigError, RunDir, VmConfig};
-pub use device::{AgentTransport, Diagnose, Guest, MemoryDevice};
+pub use device::{
+    AgentTransport, Diagnose, Guest, MemoryDevice, ResizeClock, ResizeStart, ResizeTiming,
+};
 pub use hotmem_units::{parse_duration, parse_size, HumanSize, SizeError};
 pub use vm::{ExecOutput, ShutdownMethod, Vm, VmError, VmErrorKind};
 

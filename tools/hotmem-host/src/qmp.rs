@@ -1,12 +1,14 @@
 //! A small synchronous QMP client on top of the `qapi` crate.
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use qapi::qmp::{qmp_capabilities, qom_get, qom_set, quit, QapiCapabilities};
+use qapi::qmp::{qmp_capabilities, qom_get, qom_set, query_version, quit, Event, QapiCapabilities};
 use qapi::{ExecuteError, Qmp};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// A failed QMP operation.
@@ -56,9 +58,69 @@ pub enum QmpError {
 
 type Stream = qapi::Stream<BufReader<UnixStream>, UnixStream>;
 
+/// A `MEMORY_DEVICE_SIZE_CHANGE` event: a memory device's size changed,
+/// at QEMU's timestamp (its wall clock, microseconds, taken when the size
+/// changed: a rate-limited event carries the time of the change, not of
+/// its late delivery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeChange {
+    /// QOM path of the device (e.g. `/machine/peripheral/vm0`).
+    pub qom_path: String,
+    /// The device's new size, bytes.
+    pub size: u64,
+    /// When the size changed (QEMU's `g_get_real_time()`).
+    pub at: SystemTime,
+}
+
+/// When the device at `qom_path` last reached `size` at or after `since`,
+/// among `changes`.
+pub fn size_reached_at<'a>(
+    changes: impl IntoIterator<Item = &'a SizeChange>,
+    qom_path: &str,
+    size: u64,
+    since: SystemTime,
+) -> Option<SystemTime> {
+    changes
+        .into_iter()
+        .filter(|c| c.qom_path == qom_path && c.size == size && c.at >= since)
+        .map(|c| c.at)
+        .max()
+}
+
+/// How many size changes a client keeps (oldest dropped first).
+const SIZE_CHANGES_KEPT: usize = 1024;
+
+/// QMP's event timestamp (`qapi_spec::Timestamp` keeps its fields private).
+#[derive(Deserialize)]
+struct Timestamp {
+    seconds: u64,
+    microseconds: u64,
+}
+
+impl SizeChange {
+    /// The size change in `event`, if it is one.
+    fn from_event(event: &Event) -> Option<Self> {
+        let Event::MEMORY_DEVICE_SIZE_CHANGE { data, timestamp } = event else {
+            return None;
+        };
+        let ts: Timestamp = serde_json::to_value(timestamp)
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())?;
+        let at = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(ts.seconds)
+            + Duration::from_micros(ts.microseconds);
+        Some(Self {
+            qom_path: data.qom_path.clone(),
+            size: data.size,
+            at,
+        })
+    }
+}
+
 /// A connected QMP session (capabilities negotiated).
 pub struct QmpClient {
     qmp: Qmp<Stream>,
+    size_changes: VecDeque<SizeChange>,
 }
 
 impl std::fmt::Debug for QmpClient {
@@ -92,7 +154,10 @@ impl QmpClient {
         read_greeting(qmp.inner_mut())?;
         qmp.execute(&qmp_capabilities { enable: None })
             .map_err(|e| command_error("qmp_capabilities", e))?;
-        Ok(Self { qmp })
+        Ok(Self {
+            qmp,
+            size_changes: VecDeque::new(),
+        })
     }
 
     /// `qom-get path property`.
@@ -129,7 +194,7 @@ impl QmpClient {
     pub fn execute<C: qapi::Command>(&mut self, command: &C) -> Result<C::Ok, QmpError> {
         trace_command(command);
         let result = self.qmp.execute(command);
-        self.discard_events();
+        self.collect_events();
         result.map_err(|e| {
             let e = command_error(C::NAME, e);
             tracing::debug!(target: "hotmem_host::qmp", "<- {e}");
@@ -146,10 +211,31 @@ impl QmpClient {
             .map_err(|e| command_error("quit", e))
     }
 
-    /// Drops queued asynchronous events; nothing here consumes them, and
-    /// the queue would otherwise grow for the life of the connection.
-    fn discard_events(&mut self) {
-        self.qmp.events().for_each(drop);
+    /// Reads the events QEMU sent so far (QMP delivers them only along
+    /// with command answers): a cheap `query-version`.
+    pub fn poll_events(&mut self) -> Result<(), QmpError> {
+        self.execute(&query_version {}).map(drop)
+    }
+
+    /// The memory-device size changes received so far (the last
+    /// [`SIZE_CHANGES_KEPT`]), oldest first.
+    pub fn size_changes(&self) -> impl Iterator<Item = &SizeChange> {
+        self.size_changes.iter()
+    }
+
+    /// Keeps the size changes among the queued asynchronous events and
+    /// drops the others (the queue would otherwise grow for the life of
+    /// the connection).
+    fn collect_events(&mut self) {
+        for event in self.qmp.events() {
+            if let Some(change) = SizeChange::from_event(&event) {
+                tracing::debug!(target: "hotmem_host::qmp", "<- event {change:?}");
+                if self.size_changes.len() == SIZE_CHANGES_KEPT {
+                    self.size_changes.pop_front();
+                }
+                self.size_changes.push_back(change);
+            }
+        }
     }
 }
 
@@ -242,6 +328,55 @@ mod tests {
         let event = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "MEMORY_DEVICE_SIZE_CHANGE", "data": {"id": "vm0", "size": 1073741824, "qom-path": "/machine/peripheral/vm0/virtio-backend"}}"#;
         let mut qmp = client(vec![("qom-get", vec![event, r#"{"return": 1073741824}"#])]);
         assert_eq!(qmp.qom_get_u64(VM0, "size").unwrap(), 1 << 30);
+    }
+
+    #[test]
+    fn size_changes_are_kept_with_their_timestamps() {
+        let shutdown = r#"{"timestamp": {"seconds": 5, "microseconds": 0}, "event": "STOP"}"#;
+        let change = r#"{"timestamp": {"seconds": 1700000000, "microseconds": 250001}, "event": "MEMORY_DEVICE_SIZE_CHANGE", "data": {"id": "vm0", "size": 134217728, "qom-path": "/machine/peripheral/vm0"}}"#;
+        let mut qmp = client(vec![
+            ("qom-get", vec![shutdown, r#"{"return": 0}"#]),
+            (
+                "query-version",
+                vec![
+                    change,
+                    r#"{"return": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}}"#,
+                ],
+            ),
+        ]);
+        qmp.qom_get_u64(VM0, "size").unwrap();
+        assert_eq!(qmp.size_changes().count(), 0, "other events are dropped");
+        qmp.poll_events().unwrap();
+        let got: Vec<&SizeChange> = qmp.size_changes().collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].size, 128 << 20);
+        assert_eq!(got[0].qom_path, VM0);
+        let us = got[0]
+            .at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        assert_eq!(us, 1_700_000_000_250_001, "microsecond resolution");
+    }
+
+    #[test]
+    fn the_last_change_to_the_size_since_the_start_counts() {
+        let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let c = |path: &str, size: u64, ms: u64| SizeChange {
+            qom_path: path.into(),
+            size,
+            at: t(ms),
+        };
+        let changes = [
+            c(VM0, 256, 10),                        // the plug passed 256 before the start
+            c(VM0, 512, 20),                        // plugged
+            c(VM0, 384, 120),                       // unplug under way
+            c("/machine/peripheral/vm1", 256, 130), // another device
+            c(VM0, 256, 150),                       // reached
+        ];
+        assert_eq!(size_reached_at(&changes, VM0, 256, t(100)), Some(t(150)));
+        assert_eq!(size_reached_at(&changes, VM0, 128, t(100)), None);
+        assert_eq!(size_reached_at(&changes, VM0, 256, t(200)), None);
     }
 
     const VM0: &str = "/machine/peripheral/vm0";

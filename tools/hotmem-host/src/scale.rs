@@ -16,7 +16,10 @@
 //! unplug then has to find and migrate used pages.
 //!
 //! Every step is timed on the host; reclaim latency is the time from the
-//! trigger until QMP reports the lower plugged size.
+//! trigger until the device's plugged size is the lower one, by the
+//! device's own timestamp of the change where it gives one (QEMU's
+//! `MEMORY_DEVICE_SIZE_CHANGE` event, 1 µs), else by polling it every
+//! 1 ms ([`MemoryDevice::wait_plugged_timed`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,7 +30,7 @@ use hotmem_proto::{
 };
 use serde::Serialize;
 
-use crate::device::{AgentTransport, MemoryDevice};
+use crate::device::{AgentTransport, MemoryDevice, ResizeClock, ResizeStart, ResizeTiming};
 use crate::vm::{VmError, VmErrorKind};
 use hotmem_units::HumanSize;
 
@@ -164,8 +167,15 @@ pub struct ScaleDownReport {
     pub stop_ms: f64,
     /// Bytes unplugged.
     pub unplugged_bytes: u64,
-    /// Reclaim latency: trigger until QMP reported the lower size, ms.
+    /// Reclaim latency: trigger until the device had the lower size, ms.
     pub reclaim_ms: Option<f64>,
+    /// Stop and reclaim end to end: from asking the agent to stop the
+    /// instance until the device had the lower size, ms.
+    pub end_to_end_ms: Option<f64>,
+    /// What timed the reclaim's end.
+    pub reclaim_clock: Option<ResizeClock>,
+    /// Resolution of `reclaim_ms` and `end_to_end_ms`, ms.
+    pub reclaim_resolution_ms: Option<f64>,
     /// Guest CPU time (all vCPUs, non-idle) during the reclaim, ms, from
     /// `/proc/stat`; includes the agent's own small polling cost.
     pub reclaim_guest_cpu_ms: Option<f64>,
@@ -226,16 +236,33 @@ pub fn busy_ticks(proc_stat: &str) -> Option<u64> {
 /// USER_HZ of Linux guests (ticks per second in `/proc/stat`).
 const USER_HZ: f64 = 100.0;
 
-/// Sets `requested-size` to `target` and waits until the device reached it.
-fn resize_and_wait<G: MemoryDevice + ?Sized>(
-    vm: &mut G,
-    target: u64,
-    timeout: Duration,
-) -> Result<Duration, VmError> {
-    let start = Instant::now();
-    vm.set_requested_size(target)?;
-    vm.wait_plugged(target, timeout)?;
-    Ok(start.elapsed())
+/// A measured reclaim.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReclaimTiming {
+    /// When the trigger was pulled.
+    pub start: ResizeStart,
+    /// Trigger until the device had the lower size.
+    pub timing: ResizeTiming,
+    /// Guest CPU time (all vCPUs, non-idle) meanwhile, ms.
+    pub guest_cpu_ms: Option<f64>,
+}
+
+impl ReclaimTiming {
+    /// The reclaim latency, ms.
+    pub fn ms(&self) -> f64 {
+        ms(self.timing.elapsed)
+    }
+
+    /// The timer's resolution, ms.
+    pub fn resolution_ms(&self) -> f64 {
+        ms(self.timing.resolution)
+    }
+
+    /// From `since` (e.g. the request to stop the instance) until the
+    /// device had the lower size, ms.
+    pub fn ms_since(&self, since: Instant) -> f64 {
+        ms(self.start.instant.saturating_duration_since(since) + self.timing.elapsed)
+    }
 }
 
 /// How often [`plug`] onlines blocks while the device is still plugging.
@@ -384,19 +411,25 @@ pub fn unplug_targets(
 }
 
 /// Gives `unit` bytes back through `trigger`; returns the reclaim latency
-/// and the guest CPU time spent meanwhile.
+/// (timed by the device where it can) and the guest CPU time spent
+/// meanwhile.
 pub fn reclaim<G: MemoryDevice + AgentTransport + ?Sized>(
     vm: &mut G,
     unit: u64,
     trigger: &Trigger,
     partition: Option<u64>,
     timeout: Duration,
-) -> Result<(Duration, Option<f64>), VmError> {
+) -> Result<ReclaimTiming, VmError> {
     let (requested, plugged) = (vm.requested_size()?, vm.plugged_size()?);
     let targets = unplug_targets(requested, plugged, unit, trigger)?;
     let stat_before = vm.read_file("/proc/stat")?;
-    let took = match trigger {
-        Trigger::Qmp => resize_and_wait(vm, targets.requested, timeout)?,
+    let start;
+    let timing = match trigger {
+        Trigger::Qmp => {
+            start = ResizeStart::now();
+            vm.set_requested_size(targets.requested)?;
+            vm.wait_plugged_timed(targets.requested, start, timeout)?
+        }
         Trigger::Sysfs { path, value } => {
             let fill = |s: &str| match partition {
                 Some(p) => Ok(s.replace("{partition}", &p.to_string())),
@@ -406,20 +439,23 @@ pub fn reclaim<G: MemoryDevice + AgentTransport + ?Sized>(
                 None => Ok(s.to_owned()),
             };
             let (path, value) = (fill(path)?, fill(value)?);
-            let start = Instant::now();
+            start = ResizeStart::now();
             vm.write_file(&path, &value)?;
-            vm.wait_plugged(targets.plugged, timeout)?;
-            let took = start.elapsed();
+            let timing = vm.wait_plugged_timed(targets.plugged, start, timeout)?;
             // Keep the device's target in line with what the guest gave back.
             vm.set_requested_size(targets.requested)?;
-            took
+            timing
         }
     };
     let stat_after = vm.read_file("/proc/stat")?;
-    let cpu = busy_ticks(&stat_before)
+    let guest_cpu_ms = busy_ticks(&stat_before)
         .zip(busy_ticks(&stat_after))
         .map(|(a, b)| b.saturating_sub(a) as f64 / USER_HZ * 1000.0);
-    Ok((took, cpu))
+    Ok(ReclaimTiming {
+        start,
+        timing,
+        guest_cpu_ms,
+    })
 }
 
 /// Stops an instance and gives its memory back.
@@ -444,10 +480,10 @@ pub fn scale_down<G: MemoryDevice + AgentTransport + ?Sized>(
     } else {
         opts.vanilla_unit
     };
-    let (mut reclaim_ms, mut cpu, mut unplugged_bytes, mut trigger) = (None, None, 0, None);
+    let (mut measured, mut unplugged_bytes, mut trigger) = (None, 0, None);
     if !opts.keep_plugged {
-        let (took, busy) = reclaim(vm, unit, &opts.trigger, instance.partition, opts.timeout)
-            .map_err(|e| {
+        let r =
+            reclaim(vm, unit, &opts.trigger, instance.partition, opts.timeout).map_err(|e| {
                 failed(format!(
                     "instance {} was stopped (partition {:?}), but giving its memory back \
                      failed: {e}\nIf requested-size was lowered already (`hotmemctl status`), \
@@ -455,8 +491,7 @@ pub fn scale_down<G: MemoryDevice + AgentTransport + ?Sized>(
                     instance.instance, instance.partition
                 ))
             })?;
-        reclaim_ms = Some(ms(took));
-        cpu = busy;
+        measured = Some(r);
         unplugged_bytes = unit;
         trigger = Some(opts.trigger.clone());
     }
@@ -465,8 +500,11 @@ pub fn scale_down<G: MemoryDevice + AgentTransport + ?Sized>(
         instance,
         stop_ms,
         unplugged_bytes,
-        reclaim_ms,
-        reclaim_guest_cpu_ms: cpu,
+        reclaim_ms: measured.map(|r| r.ms()),
+        end_to_end_ms: measured.map(|r| r.ms_since(stopped)),
+        reclaim_clock: measured.map(|r| r.timing.clock),
+        reclaim_resolution_ms: measured.map(|r| r.resolution_ms()),
+        reclaim_guest_cpu_ms: measured.and_then(|r| r.guest_cpu_ms),
         trigger,
         total_ms: ms(start.elapsed()),
         memory: guest_memory(vm)?,
@@ -482,6 +520,10 @@ pub struct UnplugReport {
     pub unplugged_bytes: u64,
     /// Reclaim latency, ms.
     pub reclaim_ms: f64,
+    /// What timed the reclaim's end.
+    pub reclaim_clock: ResizeClock,
+    /// Resolution of `reclaim_ms`, ms.
+    pub reclaim_resolution_ms: f64,
     /// Guest CPU time during the reclaim, ms.
     pub reclaim_guest_cpu_ms: Option<f64>,
     /// How.
@@ -505,12 +547,14 @@ pub fn unplug<G: MemoryDevice + AgentTransport + ?Sized>(
     } else {
         vanilla_unit
     };
-    let (took, cpu) = reclaim(vm, unit, trigger, partition, timeout)?;
+    let r = reclaim(vm, unit, trigger, partition, timeout)?;
     Ok(UnplugReport {
         mode: if parts.enabled { "hotmem" } else { "vanilla" },
         unplugged_bytes: unit,
-        reclaim_ms: ms(took),
-        reclaim_guest_cpu_ms: cpu,
+        reclaim_ms: r.ms(),
+        reclaim_clock: r.timing.clock,
+        reclaim_resolution_ms: r.resolution_ms(),
+        reclaim_guest_cpu_ms: r.guest_cpu_ms,
         trigger: trigger.clone(),
         memory: guest_memory(vm)?,
     })
@@ -519,14 +563,25 @@ pub fn unplug<G: MemoryDevice + AgentTransport + ?Sized>(
 /// Human rendering of an unplug.
 pub fn render_unplug(r: &UnplugReport) -> String {
     format!(
-        "reclaimed {} ({}) in {:.1} ms (guest CPU {} ms); plugged {}, MemFree {} kB\n",
+        "reclaimed {} ({}) in {:.1} ms (±{}, {}; guest CPU {} ms); plugged {}, MemFree {} kB\n",
         HumanSize(r.unplugged_bytes),
         r.mode,
         r.reclaim_ms,
+        resolution(r.reclaim_resolution_ms),
+        r.reclaim_clock.label(),
         opt_ms(r.reclaim_guest_cpu_ms),
         HumanSize(r.memory.plugged),
         r.memory.mem_free_kib
     )
+}
+
+/// A timer resolution for humans: `1 us`, `1.2 ms`.
+pub fn resolution(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{:.0} us", (ms * 1000.0).max(1.0))
+    } else {
+        format!("{ms:.1} ms")
+    }
 }
 
 fn opt_ms(v: Option<f64>) -> String {
@@ -557,7 +612,8 @@ pub fn render_up(r: &ScaleUpReport) -> String {
 /// Human rendering of a scale-down.
 pub fn render_down(r: &ScaleDownReport) -> String {
     format!(
-        "instance {} ({}) stopped in {:.1} ms; reclaimed {} in {} ms (guest CPU {} ms), total {:.1} ms\n\
+        "instance {} ({}) stopped in {:.1} ms; reclaimed {} in {} ms (guest CPU {} ms), \
+         stop + reclaim {} ms{}, total {:.1} ms\n\
          plugged {}, MemFree {} kB\n",
         r.instance.instance,
         r.mode,
@@ -565,6 +621,11 @@ pub fn render_down(r: &ScaleDownReport) -> String {
         HumanSize(r.unplugged_bytes),
         opt_ms(r.reclaim_ms),
         opt_ms(r.reclaim_guest_cpu_ms),
+        opt_ms(r.end_to_end_ms),
+        r.reclaim_resolution_ms.zip(r.reclaim_clock).map_or_else(
+            String::new,
+            |(res, clock)| format!(" (±{}, {})", resolution(res), clock.label())
+        ),
         r.total_ms,
         HumanSize(r.memory.plugged),
         r.memory.mem_free_kib

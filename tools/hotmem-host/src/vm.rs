@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hotmem_proto::{Empty, HelloResult, Op};
 use nix::sys::signal::{kill, Signal};
@@ -23,7 +23,7 @@ use crate::console;
 use crate::device::{AgentTransport, Diagnose, Guest, MemoryDevice};
 use crate::lock::{LockError, RunDirLock};
 use crate::meminfo::MeminfoError;
-use crate::qmp::{QmpClient, QmpError};
+use crate::qmp::{self, QmpClient, QmpError};
 
 /// Result of a guest command (the agent's `exec` result).
 pub use hotmem_proto::ExecResult as ExecOutput;
@@ -696,7 +696,44 @@ impl MemoryDevice for Vm {
     fn plugged_size(&mut self) -> Result<u64, VmError> {
         self.with_qmp(|qmp| qmp.qom_get_u64(VMEM_QOM_PATH, "size"))
     }
+
+    /// QEMU sends `MEMORY_DEVICE_SIZE_CHANGE` with the time of the change.
+    fn reports_size_changes(&self) -> bool {
+        true
+    }
+
+    /// From QEMU's `MEMORY_DEVICE_SIZE_CHANGE` events. QEMU (6.2+) sends
+    /// at most one a second per device and keeps the latest meanwhile,
+    /// with the timestamp of when it happened; so the report of the final
+    /// size can come up to a second late, but its time is exact. Events
+    /// arrive only while this `Vm` keeps its QMP connection.
+    fn size_reached_at(
+        &mut self,
+        size: u64,
+        since: SystemTime,
+        wait: Duration,
+    ) -> Result<Option<SystemTime>, VmError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let found = self.with_qmp(|client| {
+                Ok(qmp::size_reached_at(
+                    client.size_changes(),
+                    VMEM_QOM_PATH,
+                    size,
+                    since,
+                ))
+            })?;
+            if found.is_some() || Instant::now() >= deadline {
+                return Ok(found);
+            }
+            thread::sleep(SIZE_CHANGE_POLL);
+            self.with_qmp(QmpClient::poll_events)?;
+        }
+    }
 }
+
+/// How often [`Vm::size_reached_at`] asks QEMU for pending events.
+const SIZE_CHANGE_POLL: Duration = Duration::from_millis(20);
 
 /// The agent on the virtio-serial port, reconnected when a connection
 /// broke.
