@@ -313,12 +313,12 @@ impl Guest {
     fn reclaim(&mut self, bytes: u64) -> Result<Reclaim, VmError> {
         let guest_use_pct = self.use_pct()?;
         let migrated = self.vmstat("pgmigrate_success")?;
-        let (took, cpu) = scale::reclaim(&mut self.vm, bytes, &Trigger::Qmp, None, RESIZE_TIMEOUT)?;
+        let r = scale::reclaim(&mut self.vm, bytes, &Trigger::Qmp, None, RESIZE_TIMEOUT)?;
         Ok(Reclaim {
             mode: self.mode,
             bytes,
-            latency_ms: took.as_secs_f64() * 1000.0,
-            guest_cpu_ms: cpu,
+            latency_ms: r.ms(),
+            guest_cpu_ms: r.guest_cpu_ms,
             pages_migrated: self.vmstat("pgmigrate_success")?.saturating_sub(migrated),
             guest_use_pct,
         })
