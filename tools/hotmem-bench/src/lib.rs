@@ -8,3 +8,4 @@ pub mod bench;
 pub mod plot;
 pub mod plug_demo;
 pub mod scenario;
+pub mod stats;

@@ -116,8 +116,19 @@ pub struct StepRow {
     pub ready_ms: Option<f64>,
     /// Start (scale-up) or stop (scale-down) of the instance, ms.
     pub instance_ms: f64,
-    /// Reclaim latency (QMP requested-size until size), ms.
+    /// Reclaim latency (QMP requested-size until the device had the lower
+    /// size), ms.
     pub reclaim_ms: Option<f64>,
+    /// Stop + reclaim end to end (asking the agent to stop the instance
+    /// until the device had the lower size), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end_ms: Option<f64>,
+    /// What timed the end of the reclaim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reclaim_clock: Option<hotmem_host::ResizeClock>,
+    /// Resolution of the reclaim timer, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reclaim_resolution_ms: Option<f64>,
     /// Guest CPU time during the reclaim, ms.
     pub guest_cpu_ms: Option<f64>,
     /// Plugged size afterwards, bytes.
@@ -167,6 +178,26 @@ impl ScenarioReport {
     /// Mean guest CPU time per reclaim, ms.
     pub fn mean_reclaim_cpu_ms(&self) -> Option<f64> {
         self.mean("scale-down", |r| r.guest_cpu_ms)
+    }
+
+    /// Mean stop + reclaim per instance, ms.
+    pub fn mean_end_to_end_ms(&self) -> Option<f64> {
+        self.mean("scale-down", |r| r.end_to_end_ms)
+    }
+
+    /// The coarsest resolution of the reclaim timer and what timed the
+    /// reclaims (the device, unless one had to be polled).
+    pub fn reclaim_timer(&self) -> Option<(hotmem_host::ResizeClock, f64)> {
+        let rows = self.rows.iter().filter(|r| r.step == "scale-down");
+        rows.filter_map(|r| r.reclaim_clock.zip(r.reclaim_resolution_ms))
+            .reduce(|(c1, r1), (c2, r2)| {
+                let clock = if c1 == hotmem_host::ResizeClock::Poll {
+                    c1
+                } else {
+                    c2
+                };
+                (clock, r1.max(r2))
+            })
     }
 
     /// Mean scale-up time (plug + ready + start), ms.
@@ -300,6 +331,9 @@ pub fn scale_steps<G: Guest + ?Sized>(
             ready_ms: r.online_ms,
             instance_ms: r.start_ms,
             reclaim_ms: None,
+            end_to_end_ms: None,
+            reclaim_clock: None,
+            reclaim_resolution_ms: None,
             guest_cpu_ms: None,
             plugged: r.memory.plugged,
             mem_free_kib: r.memory.mem_free_kib,
@@ -329,6 +363,9 @@ pub fn scale_steps<G: Guest + ?Sized>(
             ready_ms: None,
             instance_ms: r.stop_ms,
             reclaim_ms: r.reclaim_ms,
+            end_to_end_ms: r.end_to_end_ms,
+            reclaim_clock: r.reclaim_clock,
+            reclaim_resolution_ms: r.reclaim_resolution_ms,
             guest_cpu_ms: r.reclaim_guest_cpu_ms,
             plugged: r.memory.plugged,
             mem_free_kib: r.memory.mem_free_kib,
@@ -457,9 +494,23 @@ pub fn render_side_by_side(r: &SideBySide) -> String {
         r.vanilla.mean_reclaim_ms(),
     ));
     out.push_str(&line(
-        "guest CPU during reclaim (ms)",
+        "stop + reclaim, end to end (ms)",
+        r.hotmem.mean_end_to_end_ms(),
+        r.vanilla.mean_end_to_end_ms(),
+    ));
+    // CPU time is counted in 10 ms ticks: a mean below one tick is shown
+    // as such and compared as one tick, as the bench does.
+    let (h_cpu, v_cpu) = (
         r.hotmem.mean_reclaim_cpu_ms(),
         r.vanilla.mean_reclaim_cpu_ms(),
+    );
+    out.push_str(&format!(
+        "{:<34} {:>10} {:>10} {:>16}\n",
+        "guest CPU during reclaim (ms)",
+        crate::stats::render_cpu_ms(h_cpu),
+        crate::stats::render_cpu_ms(v_cpu),
+        crate::stats::cpu_ratio(v_cpu, h_cpu)
+            .map_or_else(|| "-".to_owned(), |x| format!("{x:.1}x"))
     ));
     out.push_str(&line(
         "plug latency (ms)",
@@ -474,6 +525,17 @@ pub fn render_side_by_side(r: &SideBySide) -> String {
     if let Some(x) = r.reclaim_ratio {
         out.push_str(&format!(
             "HotMem reclaims an instance's memory {x:.1}x faster than vanilla virtio-mem.\n"
+        ));
+    }
+    let timers: Vec<_> = [&r.hotmem, &r.vanilla]
+        .iter()
+        .filter_map(|g| g.reclaim_timer())
+        .collect();
+    if let Some(&(clock, res)) = timers.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        out.push_str(&format!(
+            "reclaim timer: {}, resolution {}; guest CPU: 10 ms ticks, means below one tick compare as one\n",
+            clock.label(),
+            hotmem_host::scale::resolution(res)
         ));
     }
     if r.accel == Accel::Tcg {
@@ -514,6 +576,9 @@ mod tests {
             ready_ms: Some(2.0),
             instance_ms: 3.0,
             reclaim_ms: reclaim,
+            end_to_end_ms: reclaim.map(|r| r + 3.0),
+            reclaim_clock: reclaim.map(|_| hotmem_host::ResizeClock::DeviceEvent),
+            reclaim_resolution_ms: reclaim.map(|_| 0.001),
             guest_cpu_ms: reclaim.map(|_| 10.0),
             plugged: UNIT,
             mem_free_kib: 900 * 1024,
@@ -623,6 +688,43 @@ mod tests {
     }
 
     #[test]
+    fn demo_cpu_ratio_is_clamped_to_one_tick() {
+        // One 10 ms tick in four HotMem reclaims is a 2.5 ms mean: it
+        // compares as one tick (237.5 / 10), not as 2.5 ms (95x).
+        let mut h = report(Mode::Hotmem, &[20.0, 20.0, 20.0, 20.0]);
+        for (i, r) in h
+            .rows
+            .iter_mut()
+            .filter(|r| r.step == "scale-down")
+            .enumerate()
+        {
+            r.guest_cpu_ms = Some(if i == 3 { 10.0 } else { 0.0 });
+        }
+        let mut v = report(Mode::Vanilla, &[200.0; 4]);
+        for r in v.rows.iter_mut().filter(|r| r.step == "scale-down") {
+            r.guest_cpu_ms = Some(237.5);
+        }
+        assert_eq!(h.mean_reclaim_cpu_ms(), Some(2.5));
+        let text = render_side_by_side(&SideBySide {
+            accel: Accel::Tcg,
+            params: ScenarioParams {
+                instances: 4,
+                instance_mem: 96 * MIB,
+                hotmem_driver: RUST_DRIVER.into(),
+            },
+            reclaim_ratio: ratio(v.mean_reclaim_ms(), h.mean_reclaim_ms()),
+            hotmem: h,
+            vanilla: v,
+        });
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("guest CPU during reclaim"))
+            .unwrap();
+        assert!(line.contains("<10") && line.contains("23.8x"), "{line}");
+        assert!(!text.contains("95.0x"), "{text}");
+    }
+
+    #[test]
     fn side_by_side_table() {
         let r = SideBySide {
             accel: Accel::Tcg,
@@ -641,6 +743,8 @@ mod tests {
         assert!(text.contains("reclaim latency (ms)"), "{text}");
         assert!(text.contains("15.0x"), "{text}");
         assert!(text.contains("TCG"), "{text}");
+        assert!(text.contains("end to end"), "{text}");
+        assert!(text.contains("resolution 1 us"), "{text}");
         assert_eq!(text.matches("scale-down").count(), 4, "{text}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["hotmem"]["mode"], "hotmem");

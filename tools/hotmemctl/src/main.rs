@@ -220,9 +220,10 @@ enum Cmd {
               value_parser = [scenario::C_DRIVER, scenario::RUST_DRIVER])]
         hotmem_driver: String,
     },
-    /// The paper's experiments (Fig. 5, 6, 7, 9 and a 1 GiB comparison),
-    /// HotMem side by side with vanilla virtio-mem: JSON, SVG plots and a
-    /// summary table with ratios.
+    /// The paper's experiments (Fig. 5, 6, 7, 9, a 1 GiB comparison and a
+    /// reclaim-size sweep), HotMem side by side with vanilla virtio-mem,
+    /// each run several times: JSON with every sample, SVG plots and a
+    /// summary of medians, ranges and ratios.
     Bench {
         #[command(flatten)]
         vm: VmArgs,
@@ -233,14 +234,18 @@ enum Cmd {
         /// Where bench.json and the plots go.
         #[arg(long, default_value = "build/bench")]
         out: PathBuf,
-        /// Fewer sizes and levels (a few minutes under TCG).
+        /// Fewer sizes and levels, 3 runs, a sweep up to 2 GiB.
         #[arg(long)]
         quick: bool,
+        /// Runs of every experiment, HotMem and vanilla alternating
+        /// [default: 5, 3 with --quick].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
+        runs: Option<u16>,
         /// virtio-mem driver of the HotMem guests.
         #[arg(long, default_value = scenario::RUST_DRIVER,
               value_parser = [scenario::C_DRIVER, scenario::RUST_DRIVER])]
         hotmem_driver: String,
-        /// Only these experiments (comma-separated: fig5,fig6,fig7,fig9,compare).
+        /// Only these experiments (comma-separated: fig5,fig6,fig7,fig9,compare,sweep).
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(benchmarks::EXPERIMENTS))]
         only: Vec<String>,
     },
@@ -590,6 +595,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             dir,
             out,
             quick,
+            runs,
             hotmem_driver,
             only,
         } => {
@@ -599,6 +605,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 quick,
                 only,
                 hotmem_driver,
+                runs: runs.map(usize::from),
             };
             bench(&opts, json)
         }
