@@ -14,8 +14,10 @@
 //! Everything that does not need the kernel lives in `rust/logic/` and is
 //! tested on the host against a simulated device with injected faults: the
 //! wire format and configuration checks, the per-partition state machine
-//! and planner, the retry policy, sysfs parsing and errnos, and the
-//! driver's work itself (`driver::Vmem`, over the `driver::Env` trait).
+//! and planner, the retry policy, sysfs parsing and errnos, the
+//! request/response helper over the virtqueue's bus operations
+//! (`exchange`), and the driver's work itself (`driver::Vmem`, over the
+//! `driver::Env` trait).
 //! This file implements `Env` with `kernel::virtio` and `kernel::hotmem`,
 //! and holds the device, its work item and its sysfs files: the values and
 //! triggers of the group, and one directory per partition
@@ -49,7 +51,7 @@ use kernel::{
 #[path = "logic/mod.rs"]
 pub mod logic;
 
-use logic::{control, driver, partition, wire};
+use logic::{control, driver, exchange, partition, wire};
 
 use control::Refusal;
 use driver::{
@@ -164,6 +166,45 @@ fn read_dynamic_config(transport: &virtio::Transport, fixed: Config) -> Result<C
     })
 }
 
+/// The device's virtqueue for `exchange::exchange()`, the driver's
+/// request/response helper (callers hold `ops`: one request at a time).
+struct VqExchange<'a>(&'a mut virtio::Virtqueue);
+
+impl exchange::Queue for VqExchange<'_> {
+    type Token = virtio::Token;
+    type Used = virtio::Used;
+    type Error = Error;
+
+    fn add(&mut self, request: &[u8], response: &[u8]) -> Result<virtio::Token> {
+        let copy = |bytes: &[u8]| -> Result<KVec<u8>> {
+            let mut v = KVec::with_capacity(bytes.len(), GFP_KERNEL)?;
+            v.extend_from_slice(bytes, GFP_KERNEL)?;
+            Ok(v)
+        };
+        self.0.add_buf(copy(request)?, copy(response)?)
+    }
+
+    fn kick(&mut self) -> Result {
+        self.0.kick()
+    }
+
+    fn get(&mut self) -> Result<Option<virtio::Used>> {
+        self.0.get_buf()
+    }
+
+    fn wait(&mut self, timeout_ms: u32) -> Result<virtio::Used> {
+        self.0.wait_used(timeout_ms)
+    }
+
+    fn token(used: &virtio::Used) -> virtio::Token {
+        used.token()
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        u64::try_from(Ktime::ktime_get().to_ms()).unwrap_or(0)
+    }
+}
+
 impl ReadEnv {
     fn not_added_or_in_use(&mut self, addr: u64) -> KernelState {
         if hotmem::memory_added(addr, self.partition_size) {
@@ -220,16 +261,16 @@ impl Env for KernelEnv<'_> {
     }
 
     fn request(&mut self, request: Request) -> Result<Response, RequestError<Error>> {
-        let mut resp = Response::UNWRITTEN;
-        // The used length is not trusted (see `Response::UNWRITTEN`).
-        let _used = self
-            .vq
-            .request(&request.to_bytes(), &mut resp, REQUEST_TIMEOUT_MS)
-            .map_err(|e| match e {
-                virtio::RequestError::NotSent(e) => RequestError::NotSent(e),
-                virtio::RequestError::NoAnswer(e) => RequestError::NoAnswer(e),
-            })?;
-        Response::decode(&resp, request.request_type()).map_err(RequestError::BadResponse)
+        let answer = exchange::exchange(
+            &mut VqExchange(self.vq),
+            &request.to_bytes(),
+            &Response::UNWRITTEN,
+            REQUEST_TIMEOUT_MS,
+        )?;
+        // The whole buffer is decoded, whatever length the device says it
+        // wrote (see `Response::UNWRITTEN`).
+        Response::decode(answer.written(), request.request_type())
+            .map_err(RequestError::BadResponse)
     }
 
     fn now_us(&mut self) -> u64 {

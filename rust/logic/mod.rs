@@ -14,9 +14,12 @@
 //!   adopting partitions a previous driver instance left online.
 //! - `driver`: the driver's work on a device over an `Env` trait that
 //!   stands for the device and the kernel.
+//! - `exchange`: one request and the wait for its answer, over the bus
+//!   operations of a virtqueue (late answers, the timeout).
 
 pub mod control;
 pub mod driver;
+pub mod exchange;
 pub mod partition;
 pub mod retry;
 pub mod wire;

@@ -3,8 +3,8 @@
 //! The sources live in `rust/logic/` and are shared with the out-of-tree
 //! kernel module, which includes the directory exactly as this crate does:
 //! `#[path = ".../rust/logic/mod.rs"] mod logic;`, whose `pub mod`s are the
-//! sibling modules `wire`, `partition`, `retry`, `control` and `driver`
-//! (they refer to each other as `super::wire` etc.).
+//! sibling modules `wire`, `partition`, `retry`, `control`, `driver` and
+//! `exchange` (they refer to each other as `super::wire` etc.).
 //!
 //! The files use only `core`: no allocation, no floating point, no `unsafe`,
 //! and no operation that can panic (each file denies the Clippy lints for
@@ -24,10 +24,12 @@
 //! - [`driver`]: the driver's work on a device (probe sync, rounds,
 //!   explicit unplugs, teardown) over an `Env` trait standing for the
 //!   device and the kernel, which the host tests simulate with faults.
+//! - [`exchange`]: one request and the bounded wait for its answer over a
+//!   virtqueue's bus operations (late answers dropped by token).
 
 #![cfg_attr(not(test), no_std)]
 
 #[path = "../../../rust/logic/mod.rs"]
 mod logic;
 
-pub use logic::{control, driver, partition, retry, wire};
+pub use logic::{control, driver, exchange, partition, retry, wire};

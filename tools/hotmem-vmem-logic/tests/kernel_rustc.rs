@@ -36,7 +36,14 @@ fn logic_compiles_as_kernel_code_without_panics() {
         "//! Kernel-style build of the HotMem virtio-mem logic.\n\
          #![no_std]\n#![deny(unsafe_code)]\n",
     );
-    for module in ["wire", "partition", "retry", "control", "driver"] {
+    for module in [
+        "wire",
+        "partition",
+        "retry",
+        "control",
+        "driver",
+        "exchange",
+    ] {
         let file = logic.join(format!("{module}.rs"));
         assert!(file.exists(), "{}", file.display());
     }
