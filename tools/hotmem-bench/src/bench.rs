@@ -127,6 +127,10 @@ pub struct Reclaim {
     /// Resolution of the latencies, ms.
     #[serde(default)]
     pub resolution_ms: f64,
+    /// When the host's polling (every 10 ms) saw the lower size, ms after
+    /// the trigger: a cross-check of a device-timed `latency_ms`.
+    #[serde(default)]
+    pub polled_ms: Option<f64>,
     /// Guest CPU time (non-idle, all vCPUs) during the reclaim, ms.
     pub guest_cpu_ms: Option<f64>,
     /// Pages migrated during the reclaim (`pgmigrate_success` delta).
@@ -372,6 +376,10 @@ pub struct TimerInfo {
     pub poll: usize,
     /// The coarsest resolution of any sample, ms.
     pub worst_resolution_ms: f64,
+    /// How much later the host's 10 ms polling saw the size than the
+    /// device's timestamp, over the device-timed samples, ms.
+    #[serde(default)]
+    pub poll_lag_ms: Option<Summary>,
 }
 
 impl TimerInfo {
@@ -397,6 +405,12 @@ impl TimerInfo {
                 self.poll,
                 ResizeClock::Poll.label(),
                 scale::resolution(self.worst_resolution_ms)
+            ));
+        }
+        if let Some(lag) = &self.poll_lag_ms {
+            out.push_str(&format!(
+                "; 10 ms polling saw the size {} ms later",
+                lag.render(1)
             ));
         }
         out
@@ -467,6 +481,12 @@ impl BenchReport {
         for r in self.samples() {
             t.add(r);
         }
+        t.poll_lag_ms = Summary::of(
+            self.samples()
+                .into_iter()
+                .filter(|r| r.clock == ResizeClock::DeviceEvent)
+                .filter_map(|r| Some(r.polled_ms? - r.latency_ms)),
+        );
         self.timer = t;
     }
 }
@@ -620,6 +640,7 @@ impl Guest {
             end_to_end_ms: stopped.map(|t| r.ms_since(t)),
             clock: r.timing.clock,
             resolution_ms: r.resolution_ms(),
+            polled_ms: Some(r.timing.polled.as_secs_f64() * 1000.0),
             guest_cpu_ms: r.guest_cpu_ms,
             pages_migrated: self.vmstat("pgmigrate_success")?.saturating_sub(migrated),
             guest_use_pct,
@@ -1561,6 +1582,7 @@ mod tests {
             end_to_end_ms: Some(ms + 5.0),
             clock: ResizeClock::DeviceEvent,
             resolution_ms: 0.001,
+            polled_ms: Some(ms + 4.0),
             guest_cpu_ms: Some(ms / 2.0),
             pages_migrated: 10,
             guest_use_pct: 42.0,
@@ -1686,6 +1708,7 @@ mod tests {
             "Reclaim-size sweep",
             "2.0x", // vanilla loaded / HotMem fast
             "resolution 1 us",
+            "polling saw the size 4.0 [4.0–4.0] ms later",
             "3 runs per point",
             "TCG",
         ] {

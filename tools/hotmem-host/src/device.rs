@@ -101,6 +101,9 @@ pub struct ResizeTiming {
     /// How late the end can have been seen: the device clock's tick, or
     /// the gap between the last two polls.
     pub resolution: Duration,
+    /// Start until the host's polling saw the size (a cross-check of a
+    /// device-timed `elapsed`, which can only be shorter).
+    pub polled: Duration,
 }
 
 /// A guest's virtio-mem device, as the VMM sees it.
@@ -195,6 +198,7 @@ pub trait MemoryDevice: Diagnose {
                             elapsed,
                             clock: ResizeClock::DeviceEvent,
                             resolution: DEVICE_CLOCK_RESOLUTION,
+                            polled: seen,
                         });
                     }
                 }
@@ -204,6 +208,7 @@ pub trait MemoryDevice: Diagnose {
             elapsed: seen,
             clock: ResizeClock::Poll,
             resolution: gap,
+            polled: seen,
         })
     }
 }
