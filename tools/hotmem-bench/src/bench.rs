@@ -9,6 +9,7 @@
 //! | `fig9` | request latency of a co-located instance while another one is scaled down |
 //! | `compare` | 1 GiB: one free 1 GiB HotMem partition vs vanilla with memhogs holding most memory, and vanilla's floor (already-empty blocks) |
 //! | `sweep` | reclaim latency vs unplugged size up to 8 GiB (2 GiB with `--quick`): HotMem's fast path, vanilla under load, vanilla's floor |
+//! | `hotpath` | bound vs unbound in one HotMem guest: page faults (4 KiB, THP; 1 and 2 threads), munmap, exit of a 1 / 2 GiB process ([`crate::hotpath`]) |
 //!
 //! **Statistics.** Every point is measured in `runs` runs (default 5, 3
 //! with `--quick`), each on freshly booted guests, HotMem and vanilla
@@ -54,7 +55,9 @@ const BLOCK: u64 = 128 * MIB;
 const RESIZE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The experiments, by name.
-pub const EXPERIMENTS: &[&str] = &["fig5", "fig6", "fig7", "fig9", "compare", "sweep"];
+pub const EXPERIMENTS: &[&str] = &[
+    "fig5", "fig6", "fig7", "fig9", "compare", "sweep", "hotpath",
+];
 
 /// Benchmark options.
 #[derive(Debug, Clone)]
@@ -298,15 +301,17 @@ pub struct Compare {
 }
 
 /// A series of the reclaim-size sweep. Each unplugs `size` out of `2 *
-/// size` plugged in 128 MiB device blocks.
+/// size` plugged in 128 MiB device blocks; with load, memhogs of half a
+/// partition in every partition touched their memory together and every
+/// other one was stopped, so `size / 2` is in use, interleaved with the
+/// freed memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SweepSeries {
-    /// HotMem's fast path: `size` in free partitions of at most 1 GiB
-    /// while bound memhogs fill half of the other partitions.
+    /// HotMem's fast path: `size` in the free partitions (of at most
+    /// 1 GiB) of the stopped memhogs.
     HotmemFast,
-    /// Vanilla virtio-mem while unbound memhogs of the same sizes hold
-    /// `size / 2` spread over the plugged memory.
+    /// Vanilla virtio-mem with the same memhogs, unbound.
     VanillaLoaded,
     /// Vanilla's floor: nothing uses the plugged memory.
     VanillaEmpty,
@@ -443,6 +448,9 @@ pub struct BenchReport {
     /// Reclaim-size sweep.
     #[serde(default)]
     pub sweep: Vec<SweepPoint>,
+    /// Bound vs unbound hot paths.
+    #[serde(default)]
+    pub hotpath: Option<crate::hotpath::HotpathReport>,
     /// What timed the reclaims.
     #[serde(default)]
     pub timer: TimerInfo,
@@ -886,19 +894,23 @@ pub fn sweep_sizes(quick: bool) -> &'static [u64] {
     }
 }
 
-/// HotMem partitions of the sweep: the unplugged size, at most 1 GiB. (A
-/// partition is naturally aligned, and QEMU puts the device's region at
-/// 4 GiB here, so larger ones would not fit a 2 x size region twice.)
+/// HotMem partitions of the sweep: half the unplugged size, at most 1 GiB
+/// (a partition is naturally aligned and QEMU puts the device's region at
+/// 4 GiB here, so 8 GiB ones would not fit a 16 GiB region twice; and
+/// with at least four partitions every other memhog can be stopped).
 fn sweep_partition(size: u64) -> u64 {
-    size.min(1 << 30)
+    (size / 2).clamp(BLOCK, 1 << 30)
 }
 
 /// One sample of the sweep: `2 * size` plugged in a guest with 2 GiB of
 /// boot memory (room for the memmap of 16 GiB), `size` unplugged. With
-/// load, `size / partition` memhogs of half a partition each hold
-/// `size / 2`: bound, one per partition, in HotMem guests (the other
-/// `size` is free partitions); unbound, wherever the allocator puts them,
-/// in vanilla ones.
+/// load, as in Fig. 5: one memhog of half a partition per partition of the
+/// `2 * size` (bound, one per partition, in HotMem guests; unbound,
+/// wherever the allocator puts them, in vanilla ones) touch their memory
+/// at the same time, then every other one is stopped: `size / 2` stays
+/// in use, interleaved with the freed memory, and `size` is unplugged
+/// (HotMem: the partitions of the stopped ones; vanilla: whatever blocks
+/// it picks, migrating what is in use).
 fn sweep_one(
     opts: &BenchOptions,
     series: SweepSeries,
@@ -909,19 +921,17 @@ fn sweep_one(
     let name = format!("sweep-{}-{}M-{run}", series.dir_name(), size / MIB);
     let mode = series.mode();
     let mut g = Guest::boot(opts, mode, &name, 2 << 30, 2 * size, part)?;
-    g.plug(
-        2 * size,
-        if mode == Mode::Hotmem {
-            2 * size / part
-        } else {
-            0
-        },
-    )?;
+    let partitions = 2 * size / part;
+    g.plug(2 * size, if mode == Mode::Hotmem { partitions } else { 0 })?;
     if series != SweepSeries::VanillaEmpty {
-        for _ in 0..size / part {
-            g.memhog(part / 2, true, &[])?;
+        let mut hogs = Vec::new();
+        for _ in 0..partitions {
+            hogs.push(g.memhog(part / 2, true, &[])?.instance);
         }
         wait_all_touched(&mut g.vm)?;
+        for id in hogs.iter().step_by(2) {
+            g.stop(*id)?;
+        }
     }
     let r = g.reclaim(size)?;
     g.done()?;
@@ -1070,6 +1080,13 @@ pub fn run_bench(
                 }
             }
         }
+    }
+    if opts.wants("hotpath") {
+        let h = crate::hotpath::run_hotpath(opts, progress)?;
+        if report.kernel_release.is_empty() {
+            report.kernel_release = h.kernel_release.clone();
+        }
+        report.hotpath = Some(h);
     }
     report.count_timers();
     report.wall_s = started.elapsed().as_secs_f64();
@@ -1491,7 +1508,7 @@ pub fn render_summary(r: &BenchReport) -> String {
     }
     if !r.sweep.is_empty() {
         out.push_str(
-            "== Reclaim-size sweep: unplug SIZE of 2 x SIZE plugged (load: SIZE/2 in memhogs) ==\n",
+            "== Reclaim-size sweep: unplug SIZE of 2 x SIZE plugged (load: SIZE/2 in memhogs, interleaved with SIZE/2 freed) ==\n",
         );
         let sizes: Vec<u64> = {
             let mut v: Vec<u64> = r.sweep.iter().map(|p| p.size).collect();
@@ -1547,6 +1564,10 @@ pub fn render_summary(r: &BenchReport) -> String {
                 .join(", ");
             out.push_str(&format!("at {} MiB: {per}\n", top / MIB));
         }
+        out.push('\n');
+    }
+    if let Some(h) = &r.hotpath {
+        out.push_str(&crate::hotpath::render(h));
         out.push('\n');
     }
     out.push_str(&r.timer.render());
@@ -1620,7 +1641,7 @@ mod tests {
             "the sweep reaches 8 GiB"
         );
         assert_eq!(sweep_partition(8 << 30), 1 << 30);
-        assert_eq!(sweep_partition(512 * MIB), 512 * MIB);
+        assert_eq!(sweep_partition(512 * MIB), 256 * MIB);
     }
 
     #[test]
@@ -1681,6 +1702,7 @@ mod tests {
                     })
                 })
                 .collect(),
+            hotpath: None,
             timer: TimerInfo::default(),
             wall_s: 60.0,
         };

@@ -5,6 +5,7 @@
 //! walkthrough of `hotmemctl plug-demo` ([`plug_demo`]).
 
 pub mod bench;
+pub mod hotpath;
 pub mod plot;
 pub mod plug_demo;
 pub mod scenario;

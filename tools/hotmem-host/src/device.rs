@@ -106,6 +106,15 @@ pub struct ResizeTiming {
     pub polled: Duration,
 }
 
+/// When the host's polling saw a resize end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolledResize {
+    /// Start until the read that saw the target size.
+    pub seen: Duration,
+    /// Time between that read and the one before (or the start).
+    pub gap: Duration,
+}
+
 /// A guest's virtio-mem device, as the VMM sees it.
 pub trait MemoryDevice: Diagnose {
     /// Sets the size the device should have plugged (bytes).
@@ -158,26 +167,45 @@ pub trait MemoryDevice: Diagnose {
 
     /// Waits until the plugged size equals `target` and times it from
     /// `start`: by the device's report of the change when it gives one,
-    /// else by polling every 1 ms.
+    /// else by polling every 1 ms. [`MemoryDevice::poll_plugged`] and
+    /// [`MemoryDevice::time_resize`] in one.
     fn wait_plugged_timed(
         &mut self,
         target: u64,
         start: ResizeStart,
         timeout: Duration,
     ) -> Result<ResizeTiming, VmError> {
-        let reported = self.reports_size_changes();
-        let poll = if reported { PLUG_POLL } else { PRECISE_POLL };
+        let polled = self.poll_plugged(target, start, timeout)?;
+        self.time_resize(target, start, polled)
+    }
+
+    /// Polls until the plugged size equals `target` (every 10 ms if the
+    /// device reports its size changes, else every 1 ms); says when the
+    /// host saw it.
+    fn poll_plugged(
+        &mut self,
+        target: u64,
+        start: ResizeStart,
+        timeout: Duration,
+    ) -> Result<PolledResize, VmError> {
+        let poll = if self.reports_size_changes() {
+            PLUG_POLL
+        } else {
+            PRECISE_POLL
+        };
         // The size changed between the last two reads (or the start and
         // the first read).
         let mut last_read = start.instant;
-        let mut gap;
         loop {
             let plugged = self.plugged_size()?;
             let now = Instant::now();
-            gap = now.saturating_duration_since(last_read);
+            let gap = now.saturating_duration_since(last_read);
             last_read = now;
             if plugged == target {
-                break;
+                return Ok(PolledResize {
+                    seen: now.saturating_duration_since(start.instant),
+                    gap,
+                });
             }
             if start.instant.elapsed() >= timeout {
                 return Err(self.fail(VmErrorKind::Timeout {
@@ -187,28 +215,38 @@ pub trait MemoryDevice: Diagnose {
             }
             thread::sleep(poll);
         }
-        let seen = last_read.saturating_duration_since(start.instant);
-        if reported {
+    }
+
+    /// Times a resize the host saw end (`polled`): by the device's report
+    /// of the change to `target` if it gives one (waiting up to
+    /// [`SIZE_CHANGE_REPORT_WAIT`] for it), else as polled.
+    fn time_resize(
+        &mut self,
+        target: u64,
+        start: ResizeStart,
+        polled: PolledResize,
+    ) -> Result<ResizeTiming, VmError> {
+        if self.reports_size_changes() {
             if let Some(at) = self.size_reached_at(target, start.wall, SIZE_CHANGE_REPORT_WAIT)? {
                 // The wall clock may have been stepped meanwhile: trust the
                 // device only if its time fits what the host saw.
                 if let Ok(elapsed) = at.duration_since(start.wall) {
-                    if elapsed <= seen + DEVICE_CLOCK_RESOLUTION {
+                    if elapsed <= polled.seen + DEVICE_CLOCK_RESOLUTION {
                         return Ok(ResizeTiming {
                             elapsed,
                             clock: ResizeClock::DeviceEvent,
                             resolution: DEVICE_CLOCK_RESOLUTION,
-                            polled: seen,
+                            polled: polled.seen,
                         });
                     }
                 }
             }
         }
         Ok(ResizeTiming {
-            elapsed: seen,
+            elapsed: polled.seen,
             clock: ResizeClock::Poll,
-            resolution: gap,
-            polled: seen,
+            resolution: polled.gap,
+            polled: polled.seen,
         })
     }
 }

@@ -45,7 +45,8 @@ pub use hotmem_units as units;
 
 pub use config::{Accel, ConfigError, RunDir, VmConfig};
 pub use device::{
-    AgentTransport, Diagnose, Guest, MemoryDevice, ResizeClock, ResizeStart, ResizeTiming,
+    AgentTransport, Diagnose, Guest, MemoryDevice, PolledResize, ResizeClock, ResizeStart,
+    ResizeTiming,
 };
 pub use hotmem_units::{parse_duration, parse_size, HumanSize, SizeError};
 pub use vm::{ExecOutput, ShutdownMethod, Vm, VmError, VmErrorKind};

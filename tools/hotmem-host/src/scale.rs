@@ -424,11 +424,14 @@ pub fn reclaim<G: MemoryDevice + AgentTransport + ?Sized>(
     let targets = unplug_targets(requested, plugged, unit, trigger)?;
     let stat_before = vm.read_file("/proc/stat")?;
     let start;
-    let timing = match trigger {
+    let (polled, target) = match trigger {
         Trigger::Qmp => {
             start = ResizeStart::now();
             vm.set_requested_size(targets.requested)?;
-            vm.wait_plugged_timed(targets.requested, start, timeout)?
+            (
+                vm.poll_plugged(targets.requested, start, timeout)?,
+                targets.requested,
+            )
         }
         Trigger::Sysfs { path, value } => {
             let fill = |s: &str| match partition {
@@ -441,16 +444,19 @@ pub fn reclaim<G: MemoryDevice + AgentTransport + ?Sized>(
             let (path, value) = (fill(path)?, fill(value)?);
             start = ResizeStart::now();
             vm.write_file(&path, &value)?;
-            let timing = vm.wait_plugged_timed(targets.plugged, start, timeout)?;
+            let polled = vm.poll_plugged(targets.plugged, start, timeout)?;
             // Keep the device's target in line with what the guest gave back.
             vm.set_requested_size(targets.requested)?;
-            timing
+            (polled, targets.plugged)
         }
     };
+    // CPU time up to the end the host saw, not including the wait for the
+    // device's (up to a second late) report.
     let stat_after = vm.read_file("/proc/stat")?;
     let guest_cpu_ms = busy_ticks(&stat_before)
         .zip(busy_ticks(&stat_after))
         .map(|(a, b)| b.saturating_sub(a) as f64 / USER_HZ * 1000.0);
+    let timing = vm.time_resize(target, start, polled)?;
     Ok(ReclaimTiming {
         start,
         timing,
