@@ -197,6 +197,8 @@ where
         .configure_mesh()
         .x_desc(axes.x_desc)
         .y_desc(axes.y_desc)
+        .x_labels(12)
+        .y_labels(12)
         .x_label_formatter(&tick)
         .y_label_formatter(&tick)
         .draw()
