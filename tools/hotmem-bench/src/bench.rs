@@ -301,9 +301,9 @@ pub struct Compare {
 }
 
 /// A series of the reclaim-size sweep. Each unplugs `size` out of `2 *
-/// size` plugged in 128 MiB device blocks; with load, memhogs of half a
+/// size` plugged in 128 MiB device blocks; with load, memhogs of 3/4 of a
 /// partition in every partition touched their memory together and every
-/// other one was stopped, so `size / 2` is in use, interleaved with the
+/// other one was stopped, so `3/4 size` is in use, interleaved with the
 /// freed memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -904,11 +904,13 @@ fn sweep_partition(size: u64) -> u64 {
 
 /// One sample of the sweep: `2 * size` plugged in a guest with 2 GiB of
 /// boot memory (room for the memmap of 16 GiB), `size` unplugged. With
-/// load, as in Fig. 5: one memhog of half a partition per partition of the
-/// `2 * size` (bound, one per partition, in HotMem guests; unbound,
+/// load, as in Fig. 5: one memhog of 3/4 of a partition per partition of
+/// the `2 * size` (bound, one per partition, in HotMem guests; unbound,
 /// wherever the allocator puts them, in vanilla ones) touch their memory
-/// at the same time, then every other one is stopped: `size / 2` stays
-/// in use, interleaved with the freed memory, and `size` is unplugged
+/// at the same time, then every other one is stopped: `3/4 size` stays
+/// in use, interleaved with the freed memory and reaching into the upper
+/// half of the plugged memory (memhogs of only `size` in all would fit in
+/// the lower half, which vanilla does not unplug), and `size` is unplugged
 /// (HotMem: the partitions of the stopped ones; vanilla: whatever blocks
 /// it picks, migrating what is in use).
 fn sweep_one(
@@ -926,7 +928,7 @@ fn sweep_one(
     if series != SweepSeries::VanillaEmpty {
         let mut hogs = Vec::new();
         for _ in 0..partitions {
-            hogs.push(g.memhog(part / 2, true, &[])?.instance);
+            hogs.push(g.memhog(part / 4 * 3, true, &[])?.instance);
         }
         wait_all_touched(&mut g.vm)?;
         for id in hogs.iter().step_by(2) {
@@ -1508,7 +1510,7 @@ pub fn render_summary(r: &BenchReport) -> String {
     }
     if !r.sweep.is_empty() {
         out.push_str(
-            "== Reclaim-size sweep: unplug SIZE of 2 x SIZE plugged (load: SIZE/2 in memhogs, interleaved with SIZE/2 freed) ==\n",
+            "== Reclaim-size sweep: unplug SIZE of 2 x SIZE plugged (load: 3/4 SIZE in memhogs, interleaved with 3/4 SIZE freed) ==\n",
         );
         let sizes: Vec<u64> = {
             let mut v: Vec<u64> = r.sweep.iter().map(|p| p.size).collect();
