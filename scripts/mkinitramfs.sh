@@ -22,7 +22,7 @@ die() { printf 'initramfs: error: %s\n' "$*" >&2; exit 1; }
 
 bindir=${1:?usage: mkinitramfs.sh BINDIR MODULE.ko...}
 shift
-GUEST_PROGRAMS="hotmem-agent hotmem-run hotmem-memhog hotmem-splice hotmem-filework"
+GUEST_PROGRAMS="hotmem-agent hotmem-run hotmem-memhog hotmem-splice hotmem-filework hotmem-hotpath"
 for prog in $GUEST_PROGRAMS; do
 	[ -x "$bindir/$prog" ] || die "guest program $bindir/$prog missing"
 	file -L "$bindir/$prog" | grep -Eq 'statically linked|static-pie linked' ||

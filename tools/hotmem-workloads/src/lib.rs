@@ -1,10 +1,13 @@
-//! What the three workloads (`hotmem-memhog`, `hotmem-filework`,
-//! `hotmem-splice`) share: a private memory mapping that is unmapped on
-//! drop.
+//! What the workloads (`hotmem-memhog`, `hotmem-filework`,
+//! `hotmem-splice`, `hotmem-hotpath`) share: a private memory mapping that
+//! is unmapped on drop; and what `hotmem-hotpath` prints ([`hotpath`]),
+//! which `hotmemctl bench` reads.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
+
+pub mod hotpath;
 
 /// Page size of the guests (x86-64).
 pub const PAGE: usize = 4096;
@@ -26,6 +29,42 @@ impl Mapping {
     /// copies (private anonymous memory) and never reach the file.
     pub fn private_file(len: usize, file: BorrowedFd<'_>) -> io::Result<Self> {
         Self::map(len, Some(file))
+    }
+
+    /// `len` bytes of private anonymous memory starting at a multiple of
+    /// `align` (a power of two, e.g. 2 MiB so that the range can be backed
+    /// by transparent huge pages): maps `len + align` and unmaps the
+    /// unaligned head and the tail.
+    pub fn anonymous_aligned(len: usize, align: usize) -> io::Result<Self> {
+        if !align.is_power_of_two() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let total = len
+            .checked_add(align)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let whole = Self::map(total, None)?;
+        let start = whole.ptr.as_ptr() as usize;
+        let head = start.next_multiple_of(align) - start;
+        let tail = total - head - len;
+        let base = whole.ptr.as_ptr();
+        std::mem::forget(whole);
+        #[allow(unsafe_code)]
+        // SAFETY: head and tail are the parts of our fresh mapping outside
+        // [base + head, base + head + len); nothing refers to them.
+        let ok = unsafe {
+            (head == 0 || libc::munmap(base.cast(), head) == 0)
+                && (tail == 0 || libc::munmap(base.add(head + len).cast(), tail) == 0)
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: base + head lies inside the mapping (head < align).
+        let aligned = unsafe { base.add(head) };
+        let ptr = NonNull::new(aligned).ok_or_else(|| io::Error::other("null mapping"))?;
+        let map = Self { ptr, len };
+        if ok {
+            Ok(map)
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn map(len: usize, file: Option<BorrowedFd<'_>>) -> io::Result<Self> {
@@ -81,6 +120,22 @@ impl Mapping {
         }
     }
 
+    /// Unmaps it now (rather than on drop), so that the `munmap()` can be
+    /// timed and its error seen.
+    pub fn unmap(self) -> io::Result<()> {
+        let (ptr, len) = (self.ptr, self.len);
+        std::mem::forget(self);
+        #[allow(unsafe_code)]
+        // SAFETY: unmapping exactly what was mapped; self is gone, so no
+        // reference into the range is left.
+        let ret = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// `madvise(advice)` over the first `len` bytes (capped at the mapping).
     pub fn advise(&self, len: usize, advice: libc::c_int) -> io::Result<()> {
         #[allow(unsafe_code)]
@@ -121,6 +176,17 @@ mod tests {
         m.advise(PAGE, libc::MADV_DONTNEED).unwrap();
         assert_eq!(m.bytes()[PAGE], 9, "only the first page was dropped");
         assert!(Mapping::anonymous(0).is_err());
+    }
+
+    #[test]
+    fn aligned_mappings_start_at_the_alignment_and_unmap() {
+        let align = 2 << 20;
+        let mut m = Mapping::anonymous_aligned(3 * PAGE, align).unwrap();
+        assert_eq!(m.as_ptr() as usize % align, 0);
+        assert_eq!(m.len(), 3 * PAGE);
+        m.bytes()[3 * PAGE - 1] = 1;
+        m.unmap().unwrap();
+        assert!(Mapping::anonymous_aligned(PAGE, 3 * PAGE).is_err());
     }
 
     #[test]
