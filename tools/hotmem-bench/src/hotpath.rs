@@ -28,14 +28,17 @@
 //! device region starts 4 GiB-aligned, and one 4 GiB partition: a
 //! 2 GiB process does not fit a 2 GiB partition), warms both sides'
 //! memory up once (so that neither pays QEMU's first touch of guest
-//! memory), then measures every case bound and unbound, alternating which
-//! side goes first from one case to the next and from one run to the
-//! next. Every sample is checked: bound ones ran in a partition and took
-//! their memory from HotMem, unbound ones did not.
+//! memory), then measures every case bound and unbound in [`ROUNDS`]
+//! rounds, alternating which side goes first from one case, round and run
+//! to the next. Every sample is checked: bound ones ran in a partition and
+//! took their memory from HotMem, unbound ones did not.
 //!
-//! **Statistics.** Per metric, the bound and unbound times (median
-//! [min–max] over runs) and the ratio bound/unbound of each run (median
-//! [min–max] and geometric mean; above 1.00 bound is slower).
+//! **Statistics.** A pair is the bound and the unbound sample of one case
+//! in one round of one run. Per metric, the bound and unbound times
+//! (median [min–max] over all pairs) and the ratio bound/unbound of each
+//! pair (median [min–max] and geometric mean; above 1.00 bound is slower).
+//! The child's populate time of the exit cases is reported too, as a
+//! fault metric over a larger region.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -65,6 +68,9 @@ const RESIZE_TIMEOUT: Duration = Duration::from_secs(600);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 /// Median ratio at or below which a metric counts as "within 5 %".
 pub const WITHIN: f64 = 1.05;
+/// Rounds of every case per guest: more pairs per boot, since booting,
+/// plugging and warming up cost more than a round.
+pub const ROUNDS: usize = 3;
 
 /// Which side of a measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,10 +92,11 @@ impl Side {
     }
 }
 
-/// The order of the sides for case `case` of run `run`: bound first when
-/// `run + case` is even, so each side goes first equally often.
-pub fn side_order(run: usize, case: usize) -> [Side; 2] {
-    if (run + case) % 2 == 0 {
+/// The order of the sides for case `case` of round `round` of run `run`:
+/// bound first when `run + round + case` is even, so each side goes first
+/// equally often.
+pub fn side_order(run: usize, round: usize, case: usize) -> [Side; 2] {
+    if (run + round + case) % 2 == 0 {
         [Side::Bound, Side::Unbound]
     } else {
         [Side::Unbound, Side::Bound]
@@ -184,6 +191,9 @@ pub const EXIT_BYTES: [u64; 2] = [GIB, 2 * GIB];
 pub struct Sample {
     /// Run (0-based; one guest per run).
     pub run: usize,
+    /// Round within the run (0-based).
+    #[serde(default)]
+    pub round: usize,
     /// Bound or not.
     pub side: Side,
     /// Whether this side went first in its case of its run.
@@ -212,6 +222,11 @@ pub enum Metric {
     /// Exit of a process holding `bytes`.
     Exit {
         /// Bytes held.
+        bytes: u64,
+    },
+    /// The exit case's child faulting in its `bytes` (4 KiB, 1 thread).
+    Populate {
+        /// Bytes populated.
         bytes: u64,
     },
 }
@@ -248,6 +263,7 @@ impl Metric {
                 threads(t)
             ),
             Metric::Exit { bytes } => format!("exit holding {} MiB (4 KiB)", bytes / MIB),
+            Metric::Populate { bytes } => format!("fault {} MiB 4 KiB, exit's child", bytes / MIB),
         }
     }
 
@@ -268,6 +284,9 @@ impl Metric {
             (Metric::Exit { bytes }, Measurement::Exit(e)) if e.bytes == bytes => {
                 Some(ms(e.exit_ns))
             }
+            (Metric::Populate { bytes }, Measurement::Exit(e)) if e.bytes == bytes => {
+                Some(ms(e.populate_ns))
+            }
             _ => None,
         }
     }
@@ -278,7 +297,7 @@ impl Metric {
             Metric::Fault { thp, .. } | Metric::Munmap { thp, .. } => {
                 fault_bytes / if thp { 2 * MIB } else { 4096 }
             }
-            Metric::Exit { bytes } => bytes / 4096,
+            Metric::Exit { bytes } | Metric::Populate { bytes } => bytes / 4096,
         }
     }
 }
@@ -288,6 +307,9 @@ impl Metric {
 pub struct HotpathReport {
     /// Runs (guests).
     pub runs: usize,
+    /// Rounds per run.
+    #[serde(default)]
+    pub rounds: usize,
     /// Region of the fault and munmap cases, bytes.
     pub fault_bytes: u64,
     /// Sizes of the exit cases, bytes.
@@ -311,6 +333,11 @@ impl HotpathReport {
                 v.push(Metric::Fault { thp, threads });
             }
         }
+        v.extend(
+            self.exit_bytes
+                .iter()
+                .map(|&bytes| Metric::Populate { bytes }),
+        );
         for thp in [false, true] {
             for threads in [1, 2] {
                 v.push(Metric::Munmap { thp, threads });
@@ -320,25 +347,25 @@ impl HotpathReport {
         v
     }
 
-    /// `(run, ms)` of `metric` on `side`, by run.
-    pub fn values(&self, metric: Metric, side: Side) -> Vec<(usize, f64)> {
-        let mut v: Vec<(usize, f64)> = self
+    /// `((run, round), ms)` of `metric` on `side`, in order.
+    pub fn values(&self, metric: Metric, side: Side) -> Vec<((usize, usize), f64)> {
+        let mut v: Vec<((usize, usize), f64)> = self
             .samples
             .iter()
             .filter(|s| s.side == side)
-            .filter_map(|s| Some((s.run, metric.ms(&s.result)?)))
+            .filter_map(|s| Some(((s.run, s.round), metric.ms(&s.result)?)))
             .collect();
-        v.sort_by_key(|&(run, _)| run);
+        v.sort_by_key(|&(key, _)| key);
         v
     }
 
-    /// bound / unbound of `metric` for every run that has both.
+    /// bound / unbound of `metric` for every (run, round) that has both.
     pub fn ratios(&self, metric: Metric) -> Vec<f64> {
         let unbound = self.values(metric, Side::Unbound);
         self.values(metric, Side::Bound)
             .into_iter()
-            .filter_map(|(run, b)| {
-                let &(_, u) = unbound.iter().find(|&&(r, _)| r == run)?;
+            .filter_map(|(key, b)| {
+                let &(_, u) = unbound.iter().find(|&&(k, _)| k == key)?;
                 Some(b / u)
             })
             .collect()
@@ -470,6 +497,7 @@ pub fn run_hotpath(
     let fault_bytes = fault_bytes(opts.quick);
     let mut report = HotpathReport {
         runs,
+        rounds: ROUNDS,
         fault_bytes,
         exit_bytes: EXIT_BYTES.to_vec(),
         boot_memory: BOOT_MEMORY,
@@ -488,29 +516,34 @@ pub fn run_hotpath(
             report.kernel_release = h.kernel_release.clone();
         }
         warm_up(&mut vm)?;
-        for (i, &case) in cases.iter().enumerate() {
-            for (k, side) in side_order(run, i).into_iter().enumerate() {
-                let argv = case.argv(fault_bytes);
-                progress(&format!(
-                    "hotpath: run {}/{runs}, {} ({side:?})",
-                    run + 1,
-                    argv[1..].join(" ")
-                ));
-                let out = exec(&mut vm, side, &argv)?;
-                let result = parse_output(&out)
-                    .map_err(|e| fail(format!("hotmem-hotpath {}: {e}", argv[1..].join(" "))))?;
-                if let Some(why) = check(case, side, &result, fault_bytes) {
-                    return Err(fail(format!(
-                        "hotmem-hotpath {} ({side:?}): {why}",
+        for round in 0..ROUNDS {
+            for (i, &case) in cases.iter().enumerate() {
+                for (k, side) in side_order(run, round, i).into_iter().enumerate() {
+                    let argv = case.argv(fault_bytes);
+                    progress(&format!(
+                        "hotpath: run {}/{runs}, round {}/{ROUNDS}, {} ({side:?})",
+                        run + 1,
+                        round + 1,
                         argv[1..].join(" ")
-                    )));
+                    ));
+                    let out = exec(&mut vm, side, &argv)?;
+                    let result = parse_output(&out).map_err(|e| {
+                        fail(format!("hotmem-hotpath {}: {e}", argv[1..].join(" ")))
+                    })?;
+                    if let Some(why) = check(case, side, &result, fault_bytes) {
+                        return Err(fail(format!(
+                            "hotmem-hotpath {} ({side:?}): {why}",
+                            argv[1..].join(" ")
+                        )));
+                    }
+                    report.samples.push(Sample {
+                        run,
+                        round,
+                        side,
+                        first: k == 0,
+                        result,
+                    });
                 }
-                report.samples.push(Sample {
-                    run,
-                    side,
-                    first: k == 0,
-                    result,
-                });
             }
         }
         vm.shutdown().map(drop)?;
@@ -518,13 +551,13 @@ pub fn run_hotpath(
     Ok(report)
 }
 
-fn cell(values: &[(usize, f64)], decimals: usize) -> String {
+fn cell(values: &[((usize, usize), f64)], decimals: usize) -> String {
     Summary::of(values.iter().map(|&(_, v)| v))
         .map_or_else(|| "-".to_owned(), |s| s.render(decimals))
 }
 
 /// Pages per second of a median time, as `123k/s`.
-fn rate(pages: u64, values: &[(usize, f64)]) -> String {
+fn rate(pages: u64, values: &[((usize, usize), f64)]) -> String {
     match Summary::of(values.iter().map(|&(_, v)| v)) {
         Some(s) if s.median > 0.0 => {
             let per_s = pages as f64 / (s.median / 1000.0);
@@ -551,13 +584,16 @@ pub fn render(r: &HotpathReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{} runs (one guest each), sides alternating; times median [min–max] ms; \
-         ratio = bound/unbound per run, median [min–max] and geometric mean (>1.00: bound slower)",
-        r.runs
+        "{} run{} (one guest each) x {} round{}, sides alternating; times median [min–max] ms; \
+         ratio = bound/unbound per pair, median [min–max] and geometric mean (>1.00: bound slower)",
+        r.runs,
+        if r.runs == 1 { "" } else { "s" },
+        r.rounds.max(1),
+        if r.rounds.max(1) == 1 { "" } else { "s" },
     );
     let _ = writeln!(
         out,
-        "{:<34} {:>24} {:>24} {:>9} {:>20} {:>7} {:>6}",
+        "{:<36} {:>24} {:>24} {:>9} {:>20} {:>7} {:>6}",
         "metric", "bound ms", "unbound ms", "pages/s", "bound/unbound", "geomean", "<=1.05"
     );
     let mut within = 0;
@@ -575,7 +611,7 @@ pub fn render(r: &HotpathReport) -> String {
         within += usize::from(ok == Some(true));
         let _ = writeln!(
             out,
-            "{:<34} {:>24} {:>24} {:>9} {:>20} {:>7} {:>6}",
+            "{:<36} {:>24} {:>24} {:>9} {:>20} {:>7} {:>6}",
             metric.label(r.fault_bytes),
             cell(&bound, 1),
             cell(&unbound, 1),
@@ -654,7 +690,7 @@ mod tests {
     fn exit(bytes: u64, ms: u64, bound: bool) -> Measurement {
         Measurement::Exit(ExitResult {
             bytes,
-            populate_ns: 1,
+            populate_ns: 1_000_000_000,
             exit_ns: ms * 1_000_000,
             partition: bound.then_some(1),
             hotmem_used_kb: Some(if bound { bytes / 1024 } else { 0 }),
@@ -683,9 +719,10 @@ mod tests {
             ["hotmem-hotpath", "exit", "--size", "2097152K"]
         );
         // Each side goes first equally often, case to case and run to run.
-        assert_eq!(side_order(0, 0), [Side::Bound, Side::Unbound]);
-        assert_eq!(side_order(0, 1), [Side::Unbound, Side::Bound]);
-        assert_eq!(side_order(1, 0), [Side::Unbound, Side::Bound]);
+        assert_eq!(side_order(0, 0, 0), [Side::Bound, Side::Unbound]);
+        assert_eq!(side_order(0, 0, 1), [Side::Unbound, Side::Bound]);
+        assert_eq!(side_order(0, 1, 0), [Side::Unbound, Side::Bound]);
+        assert_eq!(side_order(1, 0, 0), [Side::Unbound, Side::Bound]);
     }
 
     #[test]
@@ -737,24 +774,29 @@ mod tests {
 
     fn report() -> HotpathReport {
         let mut r = HotpathReport {
-            runs: 3,
+            runs: 2,
+            rounds: 2,
             fault_bytes: 256 * MIB,
             exit_bytes: vec![GIB],
             boot_memory: BOOT_MEMORY,
             partition_bytes: PARTITION,
             ..HotpathReport::default()
         };
-        // Bound 10 %, 0 %, 20 % slower at 4 KiB/1 thread; exit 2x.
-        for (run, (b, u)) in [(110, 100), (100, 100), (120, 100)].into_iter().enumerate() {
-            for (side, ms, bound) in [(Side::Bound, b, true), (Side::Unbound, u, false)] {
+        // Bound 10 %, 0 %, 20 % slower at 4 KiB/1 thread; exit 2x. Run 1
+        // has one round only: pairs are (run, round).
+        let pairs = [((0, 0), 110, 100), ((0, 1), 100, 100), ((1, 0), 120, 100)];
+        for ((run, round), b, u) in pairs {
+            for (side, ms, bound) in [(Side::Unbound, u, false), (Side::Bound, b, true)] {
                 r.samples.push(Sample {
                     run,
+                    round,
                     side,
                     first: side == Side::Bound,
                     result: fault(false, 1, ms, bound),
                 });
                 r.samples.push(Sample {
                     run,
+                    round,
                     side,
                     first: side == Side::Bound,
                     result: exit(GIB, if bound { 20 } else { 10 }, bound),
@@ -780,7 +822,7 @@ mod tests {
         );
         assert_eq!(
             r.values(m, Side::Unbound),
-            [(0, 100.0), (1, 100.0), (2, 100.0)]
+            [((0, 0), 100.0), ((0, 1), 100.0), ((1, 0), 100.0)]
         );
         assert_eq!(r.ratios(Metric::Exit { bytes: GIB }), [2.0, 2.0, 2.0]);
         assert!(r
@@ -798,8 +840,12 @@ mod tests {
         assert!(text.contains("1.10 [1.00–1.20]"), "{text}");
         assert!(text.contains("exit holding 1024 MiB"), "{text}");
         assert!(text.contains("2.00 [2.00–2.00]"), "{text}");
-        // 10 % slower: not within 5 %; exit neither.
-        assert!(text.contains("on 0 of 3 metrics"), "{text}");
+        // 10 % slower: not within 5 %; exit neither; populate is.
+        assert!(text.contains("on 1 of 4 metrics"), "{text}");
+        assert!(
+            text.contains("fault 1024 MiB 4 KiB, exit's child"),
+            "{text}"
+        );
         assert!(
             text.contains("back in HotMemFree in 3 of 3 bound runs"),
             "{text}"
